@@ -1,0 +1,462 @@
+"""The CIM adapter over PyCIL's learners: a mixin that swaps the exemplar buffer for a
+CompressedMemory and hooks CIM's per-epoch work into the learner's own training loop.
+
+Nothing of PyCIL is edited. The mixin:
+- hands PyCIL a data-manager proxy, so `get_dataset(..., appendent=self._get_memory())` yields
+  new-class images (with compression augmentation) plus decoded exemplars, through the same
+  train/test transforms as everything else;
+- wraps the train loader passed to `_train` so that every epoch start runs CIM's hook (box
+  refresh, augmentation schedule, and the bilevel meta steps of the mask model);
+- replaces `build_rehearsal_memory` by byte-budgeted herding over compressed exemplars and
+  recomputes the class means for NME from decoded exemplars.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import ConcatDataset, Dataset
+from torchvision import transforms
+
+from .boxes import box_area_fraction, cam_to_boxes, center_boxes, random_boxes
+from .cam import cam_from_feature_maps
+from .codec import compress
+from .config import ConfigError
+from .memory import CompressedMemory
+
+log = logging.getLogger("cim_plugin")
+
+# Learners whose memory flow the adapter has been tested with end to end.
+SUPPORTED = ("icarl", "der", "foster", "wa", "replay")
+
+
+# ----------------------------------------------------------------------------- network access
+def unwrap(network: nn.Module) -> nn.Module:
+    return network.module if isinstance(network, nn.DataParallel) else network
+
+
+def classifier_weight(fc: nn.Module) -> torch.Tensor:
+    """Classifier rows (K, D) of PyCIL's linear heads (SimpleLinear, CosineLinear, SplitCosineLinear)."""
+    if hasattr(fc, "fc1") and hasattr(fc, "fc2"):  # SplitCosineLinear
+        return F.normalize(torch.cat([fc.fc1.weight, fc.fc2.weight], 0), dim=1)
+    weight = fc.weight
+    if type(fc).__name__.startswith("Cosine"):
+        weight = F.normalize(weight, dim=1)
+    return weight
+
+
+def fmaps_and_features(network: nn.Module, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One pass of a PyCIL network: ([last feature map per backbone], features (B, D), fc weight (K, D)).
+
+    Single-backbone nets (IncrementalNet, CosineIncrementalNet) and multi-backbone nets (DERNet,
+    FOSTERNet: features are the concatenation over `convnets`) are both handled.
+    """
+    net = unwrap(network)
+    convnets = list(net.convnets) if hasattr(net, "convnets") else [net.convnet]
+    outs = [convnet(x) for convnet in convnets]
+    fmaps = [o["fmaps"][-1] for o in outs]
+    features = torch.cat([o["features"] for o in outs], 1)
+    return fmaps, features, classifier_weight(net.fc)
+
+
+# ----------------------------------------------------------------------------- image pipeline
+def _split_test_transform(data_manager) -> Tuple[List[Any], List[Any]]:
+    """PyCIL's test transform split into (PIL->PIL geometric part, tensor part incl. Normalize)."""
+    trsf = list(data_manager._test_trsf) + list(data_manager._common_trsf)
+    for i, t in enumerate(trsf):
+        if isinstance(t, transforms.ToTensor):
+            return trsf[:i], trsf[i:]
+    raise ConfigError("the dataset's test transforms have no ToTensor(); the plug-in needs one")
+
+
+class ImagePipeline:
+    """Raw dataset items <-> stored uint8 images <-> network inputs, for one data manager.
+
+    Stored images are what the memory compresses: the raw arrays (CIFAR, synthetic), or for
+    path datasets (ImageNet, Food-101) the image after the test transform's geometric part
+    (Resize(256) + CenterCrop(224)), so that exemplars no longer need the original files.
+    """
+
+    def __init__(self, data_manager):
+        self.use_path = bool(data_manager.use_path)
+        geometric, tensor_part = _split_test_transform(data_manager)
+        self.geometric = transforms.Compose(geometric) if geometric else None
+        self.tensor_part = transforms.Compose(tensor_part)
+        self.train_trsf = transforms.Compose([*data_manager._train_trsf, *data_manager._common_trsf])
+        norm = [t for t in tensor_part if isinstance(t, transforms.Normalize)]
+        simple = len(tensor_part) == 2 and isinstance(tensor_part[0], transforms.ToTensor) and len(norm) == 1
+        self._norm = (torch.tensor(norm[0].mean).view(1, 3, 1, 1), torch.tensor(norm[0].std).view(1, 3, 1, 1)) \
+            if simple else None
+
+    def load(self, item) -> torch.Tensor:
+        """One raw item (HxWx3 uint8 array or a path) -> stored uint8 Tensor(3, H, W)."""
+        if self.use_path:
+            with open(item, "rb") as handle:
+                img = Image.open(handle).convert("RGB")
+        else:
+            img = None if self.geometric is None else Image.fromarray(item)
+        if self.geometric is not None:
+            img = self.geometric(img)
+            return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)
+
+    def load_many(self, items) -> torch.Tensor:
+        """Raw items -> uint8 Tensor(N, 3, H, W) (one image size required)."""
+        if not self.use_path and self.geometric is None and isinstance(items, np.ndarray) and items.ndim == 4:
+            return torch.from_numpy(np.ascontiguousarray(items)).permute(0, 3, 1, 2).contiguous()
+        images = [self.load(item) for item in items]
+        sizes = {tuple(t.shape) for t in images}
+        if len(sizes) != 1:
+            raise ValueError(f"images of one class have different sizes after the test transform: {sorted(sizes)[:3]}")
+        return torch.stack(images)
+
+    def to_input(self, images: torch.Tensor, device) -> torch.Tensor:
+        """uint8 Tensor(N, 3, H, W) -> normalised float network input (N, 3, H, W) on `device`."""
+        if self._norm is not None:
+            mean, std = self._norm
+            x = images.to(device, non_blocking=True).float().div_(255)
+            return (x - mean.to(device)) / std.to(device)
+        pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+        return torch.stack([self.tensor_part(p) for p in pil]).to(device)
+
+    @staticmethod
+    def to_pil(image: torch.Tensor) -> Image.Image:
+        return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+# ----------------------------------------------------------------------------- datasets
+class ExemplarDataset(Dataset):
+    """Decoded exemplars of a CompressedMemory as PyCIL items (idx, image tensor, label)."""
+
+    def __init__(self, memory: CompressedMemory, trsf):
+        self.memory = memory
+        self.trsf = trsf
+        self.labels = memory.labels.numpy()
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+    def __getitem__(self, idx):
+        image = ImagePipeline.to_pil(self.memory.decode_one(idx))
+        return idx, self.trsf(image), int(self.labels[idx])
+
+
+class CompressAugmentDataset(Dataset):
+    """New-class training images, each compressed with its current box with probability `prob`
+    (CIM's compression augmentation). Boxes are in stored-image coordinates."""
+
+    def __init__(self, base, pipeline: ImagePipeline, compress_ratio: float):
+        self.base = base
+        self.pipeline = pipeline
+        self.ratio = compress_ratio
+        self.boxes: Optional[torch.Tensor] = None
+        self.prob = 0.0
+        self.images, self.labels = base.images, base.labels
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx):
+        if self.boxes is None or self.prob <= 0 or float(torch.rand(())) >= self.prob:
+            return self.base[idx]
+        stored = self.pipeline.load(self.base.images[idx])
+        image = compress(stored.unsqueeze(0), self.boxes[idx : idx + 1], self.ratio)[0]
+        return idx, self.base.trsf(ImagePipeline.to_pil(image)), self.base.labels[idx]
+
+
+class MemoryAppendent:
+    """What `_get_memory()` returns under CIM: a marker the data-manager proxy expands."""
+
+    def __init__(self, memory: CompressedMemory):
+        self.memory = memory
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+
+class DataManagerProxy:
+    """A PyCIL DataManager whose `get_dataset` understands MemoryAppendent; all else delegates."""
+
+    def __init__(self, data_manager, learner):
+        self._dm = data_manager
+        self._learner = learner
+
+    def __getattr__(self, name):
+        return getattr(self._dm, name)
+
+    def get_dataset(self, indices, source, mode, appendent=None, ret_data=False, m_rate=None):
+        learner = self._learner
+        memory_part = appendent if isinstance(appendent, MemoryAppendent) else None
+        if memory_part is not None:
+            appendent = None
+        if len(indices) == 0 and memory_part is not None:
+            if ret_data:
+                raise NotImplementedError("ret_data with compressed memory only: the exemplars are not raw data")
+            return ExemplarDataset(memory_part.memory, self._trsf(mode))
+        result = self._dm.get_dataset(indices, source, mode, appendent=appendent, ret_data=ret_data, m_rate=m_rate)
+        dataset = result[2] if ret_data else result
+        if source == "train" and mode == "train":
+            dataset = CompressAugmentDataset(dataset, learner._cim_pipeline, learner._cim_cfg["compress_ratio"])
+            learner._cim_train_new = dataset
+        if memory_part is not None and len(memory_part):
+            dataset = _Concat([dataset, ExemplarDataset(memory_part.memory, dataset.trsf if hasattr(dataset, "trsf")
+                                                         else dataset.base.trsf)])
+        return (*result[:2], dataset) if ret_data else dataset
+
+    def _trsf(self, mode):
+        dm = self._dm
+        if mode == "train":
+            return transforms.Compose([*dm._train_trsf, *dm._common_trsf])
+        if mode == "flip":
+            return transforms.Compose([*dm._test_trsf, transforms.RandomHorizontalFlip(p=1.0), *dm._common_trsf])
+        return transforms.Compose([*dm._test_trsf, *dm._common_trsf])
+
+
+class _Concat(ConcatDataset):
+    """ConcatDataset that keeps PyCIL's `labels` attribute and returns global indices."""
+
+    def __init__(self, datasets):
+        super().__init__(datasets)
+        self.labels = np.concatenate([np.asarray(d.labels) for d in datasets])
+
+    def __getitem__(self, idx):
+        _, image, label = super().__getitem__(idx)
+        return idx, image, label
+
+
+class _EpochHookLoader:
+    """A train loader that calls `hook()` before every pass (= every epoch) over the data."""
+
+    def __init__(self, loader, hook):
+        self._loader = loader
+        self._hook = hook
+
+    def __iter__(self):
+        self._hook()
+        return iter(self._loader)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+# ----------------------------------------------------------------------------- the mixin
+def keeps_memory(cls) -> bool:
+    """Does a PyCIL learner build a rehearsal memory (calls build_rehearsal_memory)?"""
+    for klass in cls.__mro__:
+        if klass.__name__ in ("BaseLearner", "object"):
+            continue
+        try:
+            if "build_rehearsal_memory" in inspect.getsource(klass):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+class CIMMixin:
+    """Mixed in front of a PyCIL learner class (see `cim_learner_class`)."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self._cim_cfg = {k: args[k] for k in (
+            "cim_mask", "compress_ratio", "mask_threshold", "cam_update_interval", "randombbxblur_prob_incre",
+            "phi_lr", "lr_ratio", "max_phi_grad_norm", "meta_batch_size", "num_meta_iters_per_cls",
+            "div_coef", "reg_coef")}
+        self._cim_memory: Optional[CompressedMemory] = None
+        self._cim_pipeline: Optional[ImagePipeline] = None
+        self._cim_train_new: Optional[CompressAugmentDataset] = None
+        self._cim_epoch = 0
+        self._cim_image_bytes: Optional[int] = None
+        self._cim_generator = torch.Generator().manual_seed(int(args.get("seed", 0)))
+        self._cim_mask_model = None  # set by the CIM mask mode (bilevel) when available
+
+    # -- PyCIL entry points ------------------------------------------------------------------
+    def incremental_train(self, data_manager):
+        if self._cim_pipeline is None:
+            self._cim_pipeline = ImagePipeline(data_manager)
+        self._cim_epoch = 0
+        self._cim_train_new = None
+        return super().incremental_train(DataManagerProxy(data_manager, self))
+
+    def _train(self, train_loader, *rest, **kwargs):
+        return super()._train(_EpochHookLoader(train_loader, self._cim_on_epoch), *rest, **kwargs)
+
+    def _get_memory(self):
+        if self._cim_memory is None or len(self._cim_memory) == 0:
+            return None
+        return MemoryAppendent(self._cim_memory)
+
+    @property
+    def exemplar_size(self) -> int:
+        return 0 if self._cim_memory is None else len(self._cim_memory)
+
+    @property
+    def samples_old_class(self):
+        """FOSTER's per-old-class sample count, from the compressed memory."""
+        if self._cim_memory is None or self._known_classes == 0:
+            return super().samples_old_class
+        return max(1, len(self._cim_memory) // max(1, self._known_classes))
+
+    def build_rehearsal_memory(self, data_manager, per_class):
+        """Byte-budgeted herding over compressed exemplars; class means from decoded exemplars."""
+        dm = data_manager._dm if isinstance(data_manager, DataManagerProxy) else data_manager
+        pipeline = self._cim_pipeline
+        network = unwrap(self._network)
+        was_training = {m: m.training for m in network.modules()}
+        network.eval()
+        try:
+            for class_idx in range(self._known_classes, self._total_classes):
+                images = pipeline.load_many(self._class_items(dm, class_idx))
+                if self._cim_memory is None:
+                    self._cim_image_bytes = 3 * int(images.shape[-2]) * int(images.shape[-1])
+                    self._cim_memory = CompressedMemory(self._budget_bytes(), self._cim_cfg["compress_ratio"])
+                memory = self._cim_memory
+                budget = self._class_budget()
+                if class_idx == self._known_classes:
+                    memory.budget_bytes = self._budget_bytes()  # grows with classes under fixed_memory
+                    memory.reduce(budget)
+                labels = torch.full((len(images),), class_idx, dtype=torch.long)
+                features, boxes = self._features_and_boxes(images, labels)
+                try:
+                    kept = memory.select_class(images, features, boxes, class_idx, budget, replace=True)
+                except ValueError as err:
+                    raise ConfigError(
+                        f"memory budget too small: {err}. The budget is memory_size x one image's bytes "
+                        f"({self._cim_image_bytes} B) shared by {self._total_classes} classes; raise memory_size "
+                        f"(or memory_per_class with fixed_memory)"
+                    ) from None
+                log.info("CIM memory: class %d keeps %d exemplars (%d bytes budget)", class_idx, kept, budget)
+            memory.check_budget()
+            self._class_means = self._memory_class_means()
+        finally:
+            for module, flag in was_training.items():
+                module.train(flag)
+
+    # -- memory ------------------------------------------------------------------------------
+    def _class_budget(self) -> int:
+        """Bytes one class may hold now: PyCIL's per-class share of the memory, in bytes."""
+        if self._fixed_memory:
+            return int(self._memory_per_class) * self._cim_image_bytes
+        return int(self._memory_size) * self._cim_image_bytes // self._total_classes
+
+    def _budget_bytes(self) -> int:
+        if self._fixed_memory:
+            return int(self._memory_per_class) * self._total_classes * self._cim_image_bytes
+        return int(self._memory_size) * self._cim_image_bytes
+
+    @staticmethod
+    def _class_items(dm, class_idx):
+        idx = np.where(dm._train_targets == class_idx)[0]
+        data = dm._train_data
+        return data[idx] if isinstance(data, np.ndarray) else [data[i] for i in idx]
+
+    def _forward_chunks(self, images: torch.Tensor, labels: torch.Tensor, chunk: int = 256):
+        """Features (N, D) and CIL-model CAMs (N, H, W) for stored uint8 images, without grad."""
+        network = self._network
+        feats, cams = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), chunk):
+                x = self._cim_pipeline.to_input(images[start : start + chunk], self._device)
+                fmaps, features, weight = fmaps_and_features(network, x)
+                y = labels[start : start + chunk].to(self._device)
+                cams.append(cam_from_feature_maps(fmaps, weight, y, out_size=tuple(x.shape[-2:])).cpu())
+                feats.append(features.cpu())
+        return torch.cat(feats), torch.cat(cams)
+
+    def _features_and_boxes(self, images: torch.Tensor, labels: torch.Tensor):
+        """Herding features and the boxes of the configured mask mode, for stored images."""
+        features, cams = self._forward_chunks(images, labels)
+        mode = self._cim_cfg["cim_mask"]
+        if mode == "cim" and self._cim_mask_model is not None:
+            cams = self._cim_mask_model.cams(self, images, labels)
+        boxes = cam_to_boxes(cams, self._cim_cfg["mask_threshold"])
+        H, W = images.shape[-2:]
+        if mode in ("random", "center"):
+            fraction = float(box_area_fraction(boxes, H, W).mean())
+            boxes = (random_boxes(len(images), H, W, fraction, generator=self._cim_generator)
+                     if mode == "random" else center_boxes(len(images), H, W, fraction))
+        return features, boxes
+
+    def _memory_class_means(self) -> np.ndarray:
+        """L2-normalised class means (total_classes, D) of decoded exemplars (PyCIL's NME)."""
+        memory = self._cim_memory
+        means = np.zeros((self._total_classes, self.feature_dim))
+        labels = memory.labels
+        for class_idx in range(self._total_classes):
+            idx = (labels == class_idx).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            images = memory.decode(idx)
+            features, _ = self._forward_chunks(images, labels[idx])
+            vectors = F.normalize(features.double(), dim=1)
+            mean = vectors.mean(0)
+            means[class_idx] = (mean / mean.norm()).numpy()
+        return means
+
+    # -- per-epoch hook ----------------------------------------------------------------------
+    def _cim_on_epoch(self):
+        """Before each epoch: refresh boxes and raise the augmentation probability on schedule."""
+        epoch = self._cim_epoch
+        self._cim_epoch += 1
+        interval = self._cim_cfg["cam_update_interval"]
+        dataset = self._cim_train_new
+        if dataset is None or epoch == 0 or epoch % interval:
+            return
+        network = unwrap(self._network)
+        was_training = {m: m.training for m in network.modules()}
+        network.eval()
+        try:
+            images = self._cim_pipeline.load_many(dataset.images)
+            labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+            _, boxes = self._features_and_boxes(images, labels)
+        finally:
+            for module, flag in was_training.items():
+                module.train(flag)
+        dataset.boxes = boxes
+        dataset.prob = min(1.0, self._cim_cfg["randombbxblur_prob_incre"] * (epoch // interval))
+
+    # -- reporting ---------------------------------------------------------------------------
+    def cim_memory_report(self) -> Dict[str, Any]:
+        memory = self._cim_memory
+        counts = torch.bincount(memory.labels, minlength=self._total_classes)[: self._total_classes]
+        sizes = memory.sizes.double()
+        areas = (memory.boxes[:, 2] - memory.boxes[:, 0]).double() * (memory.boxes[:, 3] - memory.boxes[:, 1]).double()
+        full = sizes[:, 0] * sizes[:, 1]
+        return {
+            "exemplars": len(memory),
+            "memory_bytes": int(memory.nbytes),
+            "memory_budget_bytes": self._budget_bytes(),
+            "image_bytes": self._cim_image_bytes,
+            "exemplars_per_class": {"min": int(counts.min()), "mean": float(counts.double().mean()),
+                                    "max": int(counts.max())},
+            "mean_box_fraction": float((areas / full).mean()),
+            "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
+            "cim_mask": self._cim_cfg["cim_mask"],
+        }
+
+
+def cim_learner_class(base_cls, args: Dict[str, Any]):
+    """`base_cls` with CIMMixin in front; ConfigError for learners that keep no memory."""
+    name = args["model_name"].lower()
+    if not keeps_memory(base_cls):
+        raise ConfigError(
+            f'learner "{name}" keeps no exemplar memory, so CIM has nothing to compress; remove "cim": true '
+            f"or use a rehearsal learner ({', '.join(SUPPORTED)})"
+        )
+    if name not in SUPPORTED:
+        raise ConfigError(
+            f'"cim": true is not supported for learner "{name}" yet (its memory flow is untested with the plug-in); '
+            f"supported: {', '.join(SUPPORTED)}"
+        )
+    return type(f"CIM{base_cls.__name__}", (CIMMixin, base_cls), {})

@@ -1,0 +1,41 @@
+"""Command line of `exps/run.py`: parse, run, turn known failures into one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .config import ConfigError, load_config
+from .pycil import PyCILMissing
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="exps/run.py",
+        description="Run a PyCIL config (optionally with CIM exemplar compression) and write results.json.",
+    )
+    p.add_argument("config_pos", nargs="?", metavar="CONFIG.json", help="PyCIL JSON config")
+    p.add_argument("--config", dest="config_opt", metavar="CONFIG.json", help="same, as PyCIL's main.py takes it")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<config>_<time>)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    path = args.config_opt or args.config_pos
+    if path is None:
+        parser().error("give a config: exps/run.py CONFIG.json (or --config CONFIG.json)")
+    from .datasets import DatasetLayoutError
+    from .runner import run_config
+
+    try:
+        config = load_config(path)
+        paths = run_config(config, out_dir=args.out, config_path=Path(path))
+    except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"results: {p}")
+    return 0

@@ -1,0 +1,162 @@
+"""Reading and validating a PyCIL JSON config plus the plug-in's own keys.
+
+Configuration is read once, here, at the edge: everything downstream receives a plain dict
+whose keys have been checked. Errors name the file, the key, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Tuple
+
+
+class ConfigError(ValueError):
+    """A config file or key the plug-in cannot use. The message says how to fix it."""
+
+
+# The plug-in's keys and their defaults (official CIM ImageNet-100 settings, SPEC.md).
+CIM_DEFAULTS: Dict[str, Any] = {
+    "cim": False,
+    "cim_mask": "cim",
+    "compress_ratio": 4.0,
+    "mask_threshold": 0.6,
+    "phi_lr": 0.01,
+    "lr_ratio": 0.1,
+    "max_phi_grad_norm": 1.0,
+    "meta_batch_size": 16,
+    "num_meta_iters_per_cls": 0.5,
+    "cam_update_interval": 40,
+    "randombbxblur_prob_incre": 0.1,
+    "div_coef": 0.2,
+    "reg_coef": 0.1,
+}
+CIM_MASK_MODES = ("cim", "cam", "random", "center")
+
+# Keys read by the runner itself (not by PyCIL).
+RUNNER_KEYS = {"data_root"}
+
+# Keys a PyCIL config must have; the runner fills the rest with PyCIL's usual values.
+REQUIRED_KEYS = ("dataset", "model_name", "init_cls", "increment", "memory_size", "convnet_type")
+RUN_DEFAULTS: Dict[str, Any] = {
+    "prefix": "cim",
+    "shuffle": True,
+    "seed": [1993],
+    "device": ["cpu"],
+    "memory_per_class": 20,
+    "fixed_memory": False,
+}
+
+
+def load_config(path: str | Path) -> Dict[str, Any]:
+    """Read a JSON config; a malformed file raises ConfigError with file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (pass the path of a PyCIL JSON config)")
+    text = path.read_text()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        line = text.splitlines()[err.lineno - 1] if 0 < err.lineno <= len(text.splitlines()) else ""
+        raise ConfigError(
+            f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}\n    {line}\n    "
+            f"{' ' * max(err.colno - 1, 0)}^\n(fix the JSON syntax at that place; trailing commas and "
+            f"comments are not allowed in JSON)"
+        ) from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object {{...}}, got {type(config).__name__}")
+    return config
+
+
+def closest_key(key: str, valid: Iterable[str]) -> str | None:
+    """The valid key closest to `key` (typo help), or None."""
+    matches = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_key_warnings(config: Dict[str, Any], valid: Iterable[str]) -> List[str]:
+    """One warning per key that nothing reads, naming the closest valid key."""
+    valid = set(valid)
+    out = []
+    for key in config:
+        if key in valid:
+            continue
+        hint = closest_key(key, valid)
+        msg = f'config key "{key}" is not read by PyCIL, the learner or the plug-in and has no effect'
+        out.append(msg + (f'; did you mean "{hint}"?' if hint else ""))
+    return out
+
+
+def _require_number(config, key, *, low=None, high=None, low_open=False, high_open=False, integer=False):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f'"{key}" must be {kind}, got {value!r}')
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f'"{key}" must be finite, got {value!r}')
+    bad = (
+        (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and (value >= high if high_open else value > high))
+    )
+    if bad:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        rng = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+        raise ConfigError(f'"{key}" must lie in {rng}, got {value!r}')
+
+
+def validate_cim_keys(config: Dict[str, Any]) -> None:
+    """Check the plug-in's keys (already filled with defaults); raise ConfigError if out of range."""
+    if not isinstance(config["cim"], bool):
+        raise ConfigError(f'"cim" must be true or false, got {config["cim"]!r}')
+    if config["cim_mask"] not in CIM_MASK_MODES:
+        raise ConfigError(f'"cim_mask" must be one of {list(CIM_MASK_MODES)}, got {config["cim_mask"]!r}')
+    _require_number(config, "compress_ratio", low=1.0, low_open=True)
+    _require_number(config, "mask_threshold", low=0.0, high=1.0, low_open=True, high_open=True)
+    _require_number(config, "phi_lr", low=0.0, low_open=True)
+    _require_number(config, "lr_ratio", low=0.0)
+    _require_number(config, "max_phi_grad_norm", low=0.0, low_open=True)
+    _require_number(config, "meta_batch_size", low=1, integer=True)
+    _require_number(config, "num_meta_iters_per_cls", low=0.0)
+    _require_number(config, "cam_update_interval", low=1, integer=True)
+    _require_number(config, "randombbxblur_prob_incre", low=0.0, high=1.0)
+    _require_number(config, "div_coef", low=0.0)
+    _require_number(config, "reg_coef", low=0.0)
+
+
+def validate_run_keys(config: Dict[str, Any]) -> None:
+    """Check the PyCIL keys the runner relies on; raise ConfigError naming the key."""
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ConfigError(
+            f"config lacks required key(s) {missing}; a PyCIL config names at least {list(REQUIRED_KEYS)}"
+        )
+    for key in ("dataset", "model_name", "convnet_type"):
+        if not isinstance(config[key], str):
+            raise ConfigError(f'"{key}" must be a string, got {config[key]!r}')
+    _require_number(config, "init_cls", low=1, integer=True)
+    _require_number(config, "increment", low=1, integer=True)
+    _require_number(config, "memory_size", low=0, integer=True)
+    if config.get("fixed_memory"):
+        _require_number(config, "memory_per_class", low=1, integer=True)
+    seeds = config["seed"]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        config["seed"] = [seeds]
+    elif not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise ConfigError(f'"seed" must be an integer or a non-empty list of integers, got {seeds!r}')
+    device = config["device"]
+    if isinstance(device, (str, int)):
+        config["device"] = [device]
+    elif not (isinstance(device, list) and device):
+        raise ConfigError(f'"device" must be a list such as ["cpu"] or ["0"], got {device!r}')
+
+
+def with_defaults(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of `config` with the runner's and the plug-in's defaults filled in (config wins)."""
+    out = dict(RUN_DEFAULTS)
+    out.update(CIM_DEFAULTS)
+    out.update(config)
+    return out
+

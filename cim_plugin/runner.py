@@ -1,0 +1,309 @@
+"""Run a PyCIL config: PyCIL's own phase loop, plus results.json, CPU support and clear errors.
+
+The loop is the one of PyCIL's `trainer._train` (incremental_train -> eval_task -> after_task per
+phase, after `_set_random()`), so a config without `"cim": true` gives PyCIL's numbers exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from . import metrics
+from .config import (
+    CIM_DEFAULTS,
+    RUNNER_KEYS,
+    ConfigError,
+    unknown_key_warnings,
+    validate_cim_keys,
+    validate_run_keys,
+    with_defaults,
+)
+from .io import write_json
+from .pycil import (
+    LEARNERS,
+    PYCIL_DATASETS,
+    import_pycil,
+    learner_class,
+    module_constants,
+    patched,
+    pycil_arg_keys,
+    resolve_devices,
+)
+
+log = logging.getLogger("cim_plugin")
+
+
+def dataset_hook(config: Dict[str, Any]):
+    """The function PyCIL's DataManager calls for a dataset name: our datasets, else None."""
+    from .datasets import build_idata
+
+    def hook(name: str):
+        return build_idata(name, config)
+
+    return hook
+
+
+def valid_keys(config: Dict[str, Any]) -> set:
+    """Keys that something reads: PyCIL's args, the learner module's constants, ours, datasets'."""
+    from .datasets import DATASETS
+
+    keys = set(pycil_arg_keys()) | set(CIM_DEFAULTS) | RUNNER_KEYS
+    for cls in DATASETS.values():
+        keys |= set(getattr(cls, "option_keys", ()))
+    cls = learner_class(config["model_name"])
+    keys |= set(module_constants(sys.modules[cls.__module__]))
+    return keys
+
+
+def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate a raw config and return the args dict for one run; warnings are logged."""
+    import_pycil()
+    config = with_defaults(config)
+    validate_run_keys(config)
+    validate_cim_keys(config)
+    learner_class(config["model_name"])  # unknown learner -> ConfigError listing valid ones
+    for message in unknown_key_warnings(config, valid_keys(config)):
+        log.warning(message)
+        print(f"warning: {message}", file=sys.stderr)
+    config["_devices"] = resolve_devices(config["device"])
+    return config
+
+
+def load_dataset(config: Dict[str, Any]):
+    """Build the dataset object once (ours, or None for PyCIL's own); check the class split."""
+    from .datasets import dataset_names
+
+    name = config["dataset"]
+    idata = dataset_hook(config)(name)
+    if idata is None:
+        if name.lower() not in PYCIL_DATASETS:
+            raise ConfigError(
+                f'unknown "dataset" {name!r}; valid names: {sorted(set(dataset_names()) | set(PYCIL_DATASETS))}'
+            )
+        return None
+    idata.download_data()
+    idata.download_data = lambda: None  # built once; PyCIL's DataManager calls it again
+    n_classes = len(np.unique(idata.train_targets))
+    if config["init_cls"] > n_classes:
+        raise ConfigError(
+            f'"init_cls" is {config["init_cls"]} but dataset {name!r} has only {n_classes} classes; '
+            f"lower init_cls (and increment) or use a dataset with more classes"
+        )
+    if config["init_cls"] < n_classes and config["increment"] > n_classes - config["init_cls"]:
+        log.warning("increment %s exceeds the %s classes left after init_cls", config["increment"], n_classes)
+    return idata
+
+
+def bytes_per_image(learner, idata) -> int:
+    """Bytes of one uncompressed exemplar (uint8 HxWx3) of this dataset.
+
+    Datasets of varying size (ImageNet, Food-101) count the training resolution 224x224.
+    """
+    size = getattr(idata, "image_size", None) if idata is not None else None
+    if size is not None:
+        return int(3 * size[0] * size[1])
+    memory = getattr(learner, "_data_memory", None)
+    if memory is not None and len(memory) and isinstance(memory, np.ndarray) and memory.dtype == np.uint8:
+        return int(memory[0].nbytes)
+    return 3 * 224 * 224
+
+
+def memory_budget_bytes(config: Dict[str, Any], total_classes: int, image_bytes: int) -> int:
+    """Bytes PyCIL's memory setting grants: memory_size images, or memory_per_class per class."""
+    if config.get("fixed_memory"):
+        return int(config["memory_per_class"]) * total_classes * image_bytes
+    return int(config["memory_size"]) * image_bytes
+
+
+def memory_report(learner, config, idata) -> Dict[str, Any]:
+    """Exemplars held after a phase and the bytes they occupy (baseline: exemplars x image bytes)."""
+    if hasattr(learner, "cim_memory_report"):
+        return learner.cim_memory_report()
+    targets = np.asarray(getattr(learner, "_targets_memory", np.array([])))
+    image_bytes = bytes_per_image(learner, idata)
+    counts = np.bincount(targets.astype(np.int64), minlength=learner._total_classes) if len(targets) else None
+    return {
+        "exemplars": int(len(targets)),
+        "memory_bytes": int(len(targets)) * image_bytes,
+        "exemplars_per_class": None
+        if counts is None
+        else {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max())},
+    }
+
+
+class _EvalCapture:
+    """Records (y_pred, y_true) each time the learner's `_evaluate` runs (instance-level wrap)."""
+
+    def __init__(self, learner):
+        self.calls: List[tuple] = []
+        original = learner._evaluate
+
+        def evaluate(y_pred, y_true):
+            self.calls.append((np.asarray(y_pred)[:, 0], np.asarray(y_true)))
+            return original(y_pred, y_true)
+
+        learner._evaluate = evaluate
+
+
+def _configure_logging(out_dir: Path) -> List[logging.Handler]:
+    fmt = logging.Formatter("%(asctime)s [%(filename)s] => %(message)s")
+    handlers: List[logging.Handler] = [logging.FileHandler(out_dir / "run.log"), logging.StreamHandler(sys.stdout)]
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    return handlers
+
+
+def build_learner(args: Dict[str, Any]):
+    """The learner for a run: PyCIL's own class, or its CIM-wrapped version with "cim": true."""
+    cls = learner_class(args["model_name"])
+    if args.get("cim"):
+        from .adapter import cim_learner_class
+
+        cls = cim_learner_class(cls, args)
+    return cls(args)
+
+
+def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, on_phase: Optional[Callable] = None) -> Path:
+    """Run all phases for one seed; write out_dir/results.json after every phase. Returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handlers = _configure_logging(out_dir)
+    trainer = import_pycil()
+    try:
+        idata = load_dataset(config)
+        args = {k: v for k, v in copy.deepcopy(config).items() if not k.startswith("_")}
+        args["seed"] = seed
+        args["device"] = list(config["_devices"])
+        if idata is not None:
+            args["_image_size"] = idata.image_size
+        with patched(args, idata_hook=(lambda name: idata) if idata is not None else None):
+            args.pop("_image_size", None)
+            from utils.data_manager import DataManager
+            from utils.toolkit import count_parameters
+
+            trainer._set_random()
+            for key, value in args.items():
+                logging.info("%s: %s", key, value)
+            data_manager = DataManager(args["dataset"], args["shuffle"], seed, args["init_cls"], args["increment"])
+            learner = build_learner(args)
+            capture = _EvalCapture(learner)
+            results = _results_skeleton(config, seed, args)
+            task_ends = list(np.cumsum(data_manager._increments))
+            rows: List[List[Optional[float]]] = []
+            for task in range(data_manager.nb_tasks):
+                logging.info("All params: %s", count_parameters(learner._network))
+                logging.info("Trainable params: %s", count_parameters(learner._network, True))
+                start = time.perf_counter()
+                capture.calls.clear()
+                learner.incremental_train(data_manager)
+                cnn_accy, nme_accy = learner.eval_task()
+                learner.after_task()
+                wall = time.perf_counter() - start
+                y_pred, y_true = capture.calls[0]
+                rows.append(metrics.task_accuracies(y_pred, y_true, task_ends[: task + 1]))
+                phase = _phase_record(task, learner, cnn_accy, nme_accy, wall, config, idata, task_ends[task])
+                results["phases"].append(phase)
+                _summarise(results, rows)
+                write_json(out_dir / "results.json", results)
+                _log_phase(phase)
+                if on_phase is not None:
+                    on_phase(learner, data_manager, results)
+            results["finished"] = True
+            write_json(out_dir / "results.json", results)
+    finally:
+        root = logging.getLogger()
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    return out_dir / "results.json"
+
+
+def _results_skeleton(config, seed, args) -> Dict[str, Any]:
+    public = {k: v for k, v in config.items() if not k.startswith("_")}
+    public["seed"] = seed
+    return {
+        "schema": "cim-plugin/results/1",
+        "config": public,
+        "learner": args["model_name"],
+        "dataset": args["dataset"],
+        "seed": seed,
+        "cim": bool(args.get("cim")),
+        "device": [str(d) for d in args["device"]],
+        "phases": [],
+        "finished": False,
+    }
+
+
+def _phase_record(task, learner, cnn_accy, nme_accy, wall, config, idata, total_classes) -> Dict[str, Any]:
+    memory = memory_report(learner, config, idata)
+    image_bytes = bytes_per_image(learner, idata)
+    record = {
+        "phase": task,
+        "classes": int(total_classes),
+        "top1_cnn": float(cnn_accy["top1"]),
+        "top5_cnn": float(cnn_accy["top{}".format(learner.topk)]),
+        "top1_nme": None if nme_accy is None else float(nme_accy["top1"]),
+        "top5_nme": None if nme_accy is None else float(nme_accy["top{}".format(learner.topk)]),
+        "memory_budget_bytes": memory_budget_bytes(config, int(total_classes), image_bytes),
+        "image_bytes": image_bytes,
+        "wall_s": round(wall, 3),
+    }
+    record.update(memory)
+    return record
+
+
+def _summarise(results: Dict[str, Any], rows) -> None:
+    phases = results["phases"]
+    matrix = metrics.accuracy_matrix(rows)
+    results["accuracy_matrix_cnn"] = matrix
+    results["avg_incremental_accuracy_cnn"] = metrics.average_incremental_accuracy([p["top1_cnn"] for p in phases])
+    nme = [p["top1_nme"] for p in phases]
+    results["avg_incremental_accuracy_nme"] = (
+        None if any(v is None for v in nme) else metrics.average_incremental_accuracy(nme)
+    )
+    results["forgetting_cnn"] = metrics.forgetting(matrix)
+    results["last_top1_cnn"] = phases[-1]["top1_cnn"]
+    results["wall_s"] = round(sum(p["wall_s"] for p in phases), 3)
+
+
+def _log_phase(phase: Dict[str, Any]) -> None:
+    nme = "" if phase["top1_nme"] is None else f" NME {phase['top1_nme']:.2f}"
+    per_class = phase.get("exemplars_per_class") or {}
+    logging.info(
+        "phase %d | %d classes | CNN top1 %.2f%s | %d exemplars (%s per class) | %d / %d bytes | %.1f s",
+        phase["phase"],
+        phase["classes"],
+        phase["top1_cnn"],
+        nme,
+        phase["exemplars"],
+        f"{per_class.get('mean', 0):.1f}" if per_class else "0",
+        phase["memory_bytes"],
+        phase["memory_budget_bytes"],
+        phase["wall_s"],
+    )
+
+
+def default_out_dir(config: Dict[str, Any], config_path: Optional[Path]) -> Path:
+    stem = config_path.stem if config_path is not None else config["model_name"]
+    return Path("runs") / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_config(config: Dict[str, Any], out_dir: Optional[Path] = None, config_path: Optional[Path] = None) -> List[Path]:
+    """Validate and run a config (all its seeds). One seed: OUT/results.json; several: OUT/seed_S/."""
+    config = prepare(config)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, config_path)
+    seeds = config["seed"]
+    paths = []
+    for seed in seeds:
+        target = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
+        paths.append(run_seed(config, seed, target))
+    return paths

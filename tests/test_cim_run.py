@@ -1,0 +1,45 @@
+"""End-to-end CIM runs of iCaRL, DER and FOSTER on the synthetic dataset (CPU, tiny)."""
+
+import json
+
+import pytest
+
+from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
+
+pytestmark = requires_pycil
+
+
+@pytest.mark.parametrize("learner", ["icarl", "der", "foster"])
+def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner):
+    common = dict(synthetic_image_size=48, cim_mask="cam", cam_update_interval=1)
+    base = write_config(tmp_path / "base.json", tiny_learner_config(learner, **common))
+    cim = write_config(tmp_path / "cim.json", tiny_learner_config(learner, cim=True, **common))
+    rb = run_cli([base, "--out", tmp_path / "base"])
+    assert rb.returncode == 0, rb.stderr[-3000:]
+    rc = run_cli([cim, "--out", tmp_path / "cim"])
+    assert rc.returncode == 0, rc.stderr[-3000:]
+    b = json.loads((tmp_path / "base" / "results.json").read_text())
+    c = json.loads((tmp_path / "cim" / "results.json").read_text())
+    assert c["finished"] and c["cim"] is True
+    for pb, pc in zip(b["phases"], c["phases"]):
+        assert pc["memory_budget_bytes"] == pb["memory_budget_bytes"]  # same bytes for both
+        assert pc["memory_bytes"] <= pc["memory_budget_bytes"]  # real bytes held, within budget
+        for key in ("exemplars_per_class", "mean_box_fraction", "mean_exemplar_cost"):
+            assert key in pc
+        assert 0 < pc["mean_box_fraction"] <= 1
+    assert c["phases"][-1]["exemplars"] > b["phases"][-1]["exemplars"]
+    assert c["phases"][-1]["top1_cnn"] >= 0
+
+
+def test_learner_without_memory_is_refused(tmp_path):
+    cfg = write_config(tmp_path / "lwf.json", tiny_learner_config("lwf", cim=True))
+    result = run_cli([cfg, "--out", tmp_path / "out"])
+    assert result.returncode == 2
+    assert "keeps no exemplar memory" in result.stderr
+
+
+def test_budget_too_small_is_a_clear_error(tmp_path):
+    cfg = write_config(tmp_path / "tiny.json", tiny_learner_config("icarl", cim=True, cim_mask="cam", memory_size=1))
+    result = run_cli([cfg, "--out", tmp_path / "out"])
+    assert result.returncode == 2
+    assert "memory budget too small" in result.stderr

@@ -1,0 +1,77 @@
+"""exps/run.py without "cim": PyCIL's numbers, reproducible, with a complete results.json."""
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, requires_pycil, run_cli, tiny_config, write_config
+
+pytestmark = requires_pycil
+
+
+def _pycil_curves(stdout: str):
+    """The last 'CNN top1 curve' / 'NME top1 curve' lines PyCIL's trainer logs."""
+    cnn = re.findall(r"CNN top1 curve: (\[.*?\])", stdout)
+    nme = re.findall(r"NME top1 curve: (\[.*?\])", stdout)
+    return [float(v) for v in ast.literal_eval(cnn[-1])], [float(v) for v in ast.literal_eval(nme[-1])]
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("baseline")
+    cfg = write_config(tmp / "tiny.json", tiny_config())
+    first = run_cli([cfg, "--out", tmp / "a"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(["--config", cfg, "--out", tmp / "b"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    pycil = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "pycil_main_shim.py"), str(cfg)],
+        cwd=tmp, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert pycil.returncode == 0, pycil.stderr[-3000:]
+    a = json.loads((tmp / "a" / "results.json").read_text())
+    b = json.loads((tmp / "b" / "results.json").read_text())
+    return a, b, pycil.stdout + pycil.stderr, first.stdout
+
+
+def test_identical_to_pycil_main(baseline_runs):
+    ours, _, pycil_out, _ = baseline_runs
+    cnn, nme = _pycil_curves(pycil_out)
+    assert [p["top1_cnn"] for p in ours["phases"]] == cnn
+    assert [p["top1_nme"] for p in ours["phases"]] == nme
+
+
+def test_reproducible(baseline_runs):
+    a, b, _, _ = baseline_runs
+    strip = lambda r: [{k: v for k, v in p.items() if k != "wall_s"} for p in r["phases"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["accuracy_matrix_cnn"] == b["accuracy_matrix_cnn"]
+
+
+def test_results_schema(baseline_runs):
+    results, _, _, stdout = baseline_runs
+    assert "results:" in stdout
+    assert results["finished"] is True
+    assert results["config"]["model_name"] == "icarl"
+    phases = results["phases"]
+    assert [p["phase"] for p in phases] == [0, 1, 2]
+    assert [p["classes"] for p in phases] == [2, 4, 6]
+    for p in phases:
+        for key in ("top1_cnn", "top5_cnn", "top1_nme", "exemplars", "memory_bytes", "memory_budget_bytes", "wall_s"):
+            assert key in p, key
+        # baseline: exemplars x bytes of one 32x32x3 uint8 image, within the budget of 12 images
+        assert p["memory_bytes"] == p["exemplars"] * 32 * 32 * 3
+        assert p["memory_budget_bytes"] == 12 * 32 * 32 * 3
+        assert p["memory_bytes"] <= p["memory_budget_bytes"]
+    assert phases[-1]["exemplars"] == 12  # iCaRL: 12 // 6 classes = 2 each
+    m = results["accuracy_matrix_cnn"]
+    assert len(m) == 3 and all(len(row) == 3 for row in m) and m[0][1] is None
+    top1 = [p["top1_cnn"] for p in phases]
+    assert results["avg_incremental_accuracy_cnn"] == pytest.approx(sum(top1) / 3)
+    assert results["forgetting_cnn"] is not None
