@@ -35,7 +35,7 @@ from .memory import CompressedMemory
 log = logging.getLogger("cim_plugin")
 
 # Learners whose memory flow the adapter has been tested with end to end.
-SUPPORTED = ("icarl", "der", "foster", "wa", "replay")
+SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p")
 
 
 # ----------------------------------------------------------------------------- network access

@@ -78,16 +78,21 @@ LEARNERS: Dict[str, str] = {
     "ds-al": "models.dsal:DSAL",
     "aper_finetune": "models.aper_finetune:APER_FINETUNE",
 }
+# Learners the plug-in adds (built on PyCIL's classes), same "module:Class" form.
+PLUGIN_LEARNERS: Dict[str, str] = {
+    "der_p": "cim_plugin.der_p:DERP",
+}
 PYCIL_DATASETS = ("cifar10", "cifar100", "imagenet100", "imagenet1000")
 
 
 def learner_class(model_name: str):
     """The PyCIL learner class for a config's "model_name"; ConfigError listing valid names."""
     name = model_name.lower()
-    if name not in LEARNERS:
-        raise ConfigError(f'unknown "model_name" {model_name!r}; valid names: {sorted(LEARNERS)}')
+    table = {**LEARNERS, **PLUGIN_LEARNERS}
+    if name not in table:
+        raise ConfigError(f'unknown "model_name" {model_name!r}; valid names: {sorted(table)}')
     import_pycil()
-    module_name, cls_name = LEARNERS[name].split(":")
+    module_name, cls_name = table[name].split(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
 
@@ -101,6 +106,19 @@ def module_constants(module) -> Dict[str, Any]:
             isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
         ):
             out[key] = value
+    return out
+
+
+def learner_modules(cls) -> List[Any]:
+    """The modules defining `cls` and its learner bases (whose constants a config may override)."""
+    out = []
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        name = klass.__module__
+        if name == "models.base":  # BaseLearner's batch_size is for exemplar extraction, not a hyper-parameter
+            continue
+        if module is not None and (name.startswith("models.") or name.startswith("cim_plugin.")) and module not in out:
+            out.append(module)
     return out
 
 
@@ -199,10 +217,7 @@ def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]
     Yields a dict with "idata" (the last dataset object built) for the caller's bookkeeping.
     """
     import_pycil()
-    learner_cls = learner_class(config["model_name"])
-    module = sys.modules[learner_cls.__module__]
-    constants = module_constants(module)
-    values = {k: config[k] for k in constants if k in config}
+    modules = learner_modules(learner_class(config["model_name"]))
     data_manager = importlib.import_module("utils.data_manager")
     inc_net = importlib.import_module("utils.inc_net")
     state: Dict[str, Any] = {"idata": None}
@@ -222,7 +237,9 @@ def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]
             "resnet32": _adaptive_pool_factory(inc_net.resnet32),
             "cosine_resnet32": _adaptive_pool_factory(inc_net.cosine_resnet32),
         }
-    with overridden(module, values), overridden(data_manager, {"_get_idata": get_idata}), overridden(
-        inc_net, net_patches
-    ):
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(overridden(module, {k: config[k] for k in module_constants(module) if k in config}))
+        stack.enter_context(overridden(data_manager, {"_get_idata": get_idata}))
+        stack.enter_context(overridden(inc_net, net_patches))
         yield state

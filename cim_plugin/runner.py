@@ -27,10 +27,10 @@ from .config import (
 )
 from .io import write_json
 from .pycil import (
-    LEARNERS,
     PYCIL_DATASETS,
     import_pycil,
     learner_class,
+    learner_modules,
     module_constants,
     patched,
     pycil_arg_keys,
@@ -57,8 +57,8 @@ def valid_keys(config: Dict[str, Any]) -> set:
     keys = set(pycil_arg_keys()) | set(CIM_DEFAULTS) | RUNNER_KEYS
     for cls in DATASETS.values():
         keys |= set(getattr(cls, "option_keys", ()))
-    cls = learner_class(config["model_name"])
-    keys |= set(module_constants(sys.modules[cls.__module__]))
+    for module in learner_modules(learner_class(config["model_name"])):
+        keys |= set(module_constants(module))
     return keys
 
 
@@ -196,6 +196,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, on_phase: Optiona
             data_manager = DataManager(args["dataset"], args["shuffle"], seed, args["init_cls"], args["increment"])
             learner = build_learner(args)
             capture = _EvalCapture(learner)
+            topk = learner.topk
             results = _results_skeleton(config, seed, args)
             task_ends = list(np.cumsum(data_manager._increments))
             rows: List[List[Optional[float]]] = []
@@ -205,6 +206,8 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, on_phase: Optiona
                 start = time.perf_counter()
                 capture.calls.clear()
                 learner.incremental_train(data_manager)
+                # PyCIL's top-5 crashes while fewer than 5 classes are known: report top-k, k = classes.
+                learner.topk = min(topk, learner._total_classes)
                 cnn_accy, nme_accy = learner.eval_task()
                 learner.after_task()
                 wall = time.perf_counter() - start

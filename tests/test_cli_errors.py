@@ -47,7 +47,7 @@ def test_unknown_dataset_lists_valid_names(tmp_path):
 
 @requires_pycil
 def test_init_cls_larger_than_dataset(tmp_path):
-    _assert_clear(_run(tmp_path, init_cls=50), '"init_cls" is 50', "only 6 classes")
+    _assert_clear(_run(tmp_path, init_cls=50), '"init_cls" is 50', "only 15 classes")
 
 
 @requires_pycil

@@ -1,0 +1,75 @@
+"""Throughput of the CIM codec on the CPU: CAM + box + encode, and decode (images/s).
+
+Feature maps are random tensors (the network forward is excluded): 64 channels 8x8 for 32/64 px
+images (resnet32-like), 512 channels 7x7 for 224 px (resnet18-like). Batch 128, one thread unless
+``--threads`` says otherwise. Run: ``python benchmarks/bench_codec.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from cim_plugin.boxes import cam_to_boxes
+from cim_plugin.cam import cam_from_feature_maps
+from cim_plugin.codec import decode, encode
+
+
+def _time(fn, repeats):
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def bench(size, channels, fmap, batch=128, ratio=4.0, threshold=0.6, num_classes=100, repeats=10):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
+    weight = torch.randn(num_classes, channels, generator=g)
+    labels = torch.randint(0, num_classes, (batch,), generator=g)
+    # noise plus one Gaussian "object" per image along its class row, so boxes are object-sized
+    yy, xx = torch.meshgrid(torch.arange(fmap), torch.arange(fmap), indexing="ij")
+    centre = torch.rand(batch, 2, generator=g) * (fmap - 1)
+    sigma = fmap / 6
+    blob = torch.exp(-((yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2) / (2 * sigma ** 2))
+    direction = torch.nn.functional.normalize(weight[labels], dim=1)
+    fmaps = [0.3 * torch.randn(batch, channels, fmap, fmap, generator=g)
+             + 8 * direction[:, :, None, None] * blob[:, None]]
+
+    def enc():
+        with torch.no_grad():
+            cam = cam_from_feature_maps(fmaps, weight, labels, out_size=(size, size))
+        boxes = cam_to_boxes(cam, threshold)
+        return encode(images, boxes, ratio), boxes
+
+    (lowres, crops), boxes = enc()
+    t_enc = _time(enc, repeats)
+    t_dec = _time(lambda: decode(lowres, crops, boxes, (size, size)), repeats)
+    frac = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().mean()) / size ** 2
+    print(f"{size:4d}x{size:<4d} fmap {channels}x{fmap}x{fmap}  batch {batch}  mean box area {frac:.2f}:  "
+          f"CAM+box+encode {batch / t_enc:9.0f} img/s   decode {batch / t_dec:9.0f} img/s")
+    return batch / t_enc, batch / t_dec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=128)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s)")
+    bench(32, 64, 8, args.batch)
+    enc64, _ = bench(64, 64, 8, args.batch)
+    bench(224, 512, 7, args.batch, repeats=3)
+    print(f"target CAM+box+encode >= 2000 img/s at 64x64: {'met' if enc64 >= 2000 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

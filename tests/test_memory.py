@@ -1,0 +1,163 @@
+import pytest
+import torch
+
+from cim_plugin.boxes import random_boxes
+from cim_plugin.codec import compress, exemplar_nbytes
+from cim_plugin.herding import herding_order
+from cim_plugin.memory import BudgetExceededError, CompressedMemory
+
+
+def _class_data(n, H, W, frac, seed):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, H, W), dtype=torch.uint8, generator=g)
+    feats = torch.randn(n, 8, generator=g)
+    boxes = random_boxes(n, H, W, frac, generator=g)
+    return images, feats, boxes
+
+
+def _bytes_from_meta(mem):
+    tot = 0
+    for (H, W), pos in mem.size_groups():
+        tot += int(exemplar_nbytes(mem.boxes[pos], H, W, mem.compress_ratio).sum())
+    return tot
+
+
+def test_select_herding_prefix_and_exact_decode():
+    images, feats, boxes = _class_data(20, 16, 16, 0.25, 0)
+    mem = CompressedMemory(budget_bytes=10**6)
+    per = exemplar_nbytes(boxes, 16, 16)
+    order = herding_order(feats, 20)
+    budget = int(per[order[:7]].sum()) + int(per[order[7]]) - 1  # the 8th does not quite fit
+    assert mem.select_class(images, feats, boxes, label=3, budget_bytes=budget) == 7
+    assert mem.counts() == {3: 7} and mem.labels.tolist() == [3] * 7
+    assert torch.equal(mem.boxes, boxes[order[:7]])
+    expect = compress(images[order[:7]], boxes[order[:7]], 4.0)
+    assert torch.equal(mem.decode(range(7)), expect)
+    assert torch.equal(mem.decode_one(4), expect[4])
+    assert mem.nbytes == budget - int(per[order[7]]) + 1 == _bytes_from_meta(mem)
+
+
+def test_small_boxes_give_more_exemplars_than_full_images():
+    H = W = 32
+    images, feats, boxes = _class_data(100, H, W, 0.1, 1)
+    budget = 20 * 3 * H * W  # PyCIL's 20 full images
+    mem = CompressedMemory(budget)
+    n = mem.select_class(images, feats, boxes, 0, budget)
+    assert n > 20 * 2  # cost per exemplar ~ 0.1 + 1/4 of a full image
+    assert mem.nbytes <= budget
+
+
+def test_budget_property_random():
+    g = torch.Generator().manual_seed(5)
+    n_kept = n_refused = 0
+    for trial in range(25):
+        ratio = [1.0, 2.0, 4.0, 9.0][trial % 4]
+        budget = int(torch.randint(2_000, 40_000, (1,), generator=g))
+        mem = CompressedMemory(budget, ratio)
+        for c in range(4):
+            H, W = [(8, 8), (12, 10), (16, 16)][int(torch.randint(0, 3, (1,), generator=g))]
+            frac = float(torch.rand(1, generator=g)) * 0.9 + 0.05
+            imgs, feats, boxes = _class_data(15, H, W, frac, seed=100 * trial + c)
+            share = budget // 4 - int(torch.randint(0, 200, (1,), generator=g))
+            first = int(exemplar_nbytes(boxes, H, W, ratio)[herding_order(feats, 1)[0]])
+            before = mem.state_dict()
+            if first > share:
+                with pytest.raises(ValueError):
+                    mem.select_class(imgs, feats, boxes, c, share)
+                assert torch.equal(mem.state_dict()["payload"], before["payload"])
+                n_refused += 1
+            else:
+                kept = mem.select_class(imgs, feats, boxes, c, share)
+                assert mem.nbytes_per_class()[c] <= share and kept >= 1
+                n_kept += 1
+            assert mem.nbytes <= budget
+            assert mem.nbytes == _bytes_from_meta(mem) == sum(mem.nbytes_per_class().values())
+        counts = mem.counts()
+        try:
+            kept = mem.reduce(budget // 8)
+            assert all(1 <= kept[c] <= counts[c] for c in counts)
+        except ValueError:
+            assert mem.counts() == counts  # refused, unchanged
+        assert mem.nbytes <= budget and mem.nbytes == _bytes_from_meta(mem)
+        out = mem.decode_list()  # mixed sizes decode per size group
+        assert [tuple(o.shape[1:]) for o in out] == [tuple(s) for s in mem.sizes.tolist()]
+    assert n_kept > 40 and n_refused > 0
+
+
+def test_reduce_keeps_herding_prefix_per_class():
+    mem = CompressedMemory(10**6)
+    data = {c: _class_data(12, 8 + 4 * c, 8, 0.5, 10 + c) for c in range(3)}
+    for c, (im, f, b) in data.items():
+        mem.select_class(im, f, b, c, 10**5)
+    before = {c: mem.decode((mem.labels == c).nonzero().squeeze(1)) for c in range(3)}
+    bytes_before = mem.nbytes_per_class()
+    shares = {0: bytes_before[0] // 2, 1: bytes_before[1], 2: bytes_before[2] // 3}
+    kept = mem.reduce(shares)
+    for c in range(3):
+        assert mem.nbytes_per_class()[c] <= shares[c]
+        idx = (mem.labels == c).nonzero().squeeze(1)
+        assert kept[c] == idx.numel()
+        assert torch.equal(mem.decode(idx), before[c][:kept[c]])
+    assert kept[1] == 12 and 0 < kept[0] < 12 and 0 < kept[2] < 12
+    assert mem.nbytes == _bytes_from_meta(mem)
+
+
+def test_save_load_roundtrip(tmp_path):
+    mem = CompressedMemory(10**6, 2.0)
+    for c in range(2):
+        im, f, b = _class_data(6, 10 + c, 9, 0.4, 20 + c)
+        mem.select_class(im, f, b, c + 5, 10**5)
+    mem.reduce({5: 10**5, 6: mem.nbytes_per_class()[6] - 1})
+    path = tmp_path / "mem.pt"
+    mem.save(path)
+    back = CompressedMemory.load(path)
+    assert back.budget_bytes == mem.budget_bytes and back.compress_ratio == 2.0
+    for k, v in mem.state_dict().items():
+        w = back.state_dict()[k]
+        assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
+    assert all(torch.equal(a, b) for a, b in zip(mem.decode_list(), back.decode_list()))
+    assert [p.name for p in tmp_path.iterdir()] == ["mem.pt"]  # no temporary file left
+
+
+def test_errors_leave_memory_unchanged():
+    im, f, b = _class_data(5, 16, 16, 0.5, 30)
+    mem = CompressedMemory(4000)
+    with pytest.raises(ValueError, match="not even one exemplar fits"):
+        mem.select_class(im, f, b, 0, 100)
+    assert len(mem) == 0
+    n = mem.select_class(im, f, b, 0, 4000)
+    with pytest.raises(ValueError, match="already in memory"):
+        mem.select_class(im, f, b, 0, 4000)
+    with pytest.raises(ValueError, match="budget"):
+        mem.select_class(im, f, b, 1, 4000)  # total would exceed
+    assert mem.counts() == {0: n}
+    with pytest.raises(ValueError, match="cannot hold even one"):
+        mem.reduce(10)
+    assert mem.counts() == {0: n}
+    assert mem.select_class(im, f, b, 0, 2000, replace=True) < n
+    mem.budget_bytes = 10
+    with pytest.raises(BudgetExceededError):
+        mem.check_budget()
+    with pytest.raises(TypeError, match="uint8"):
+        mem.select_class(im.float(), f, b, 2, 4000)
+
+
+def test_one_class_with_mixed_image_sizes():
+    g = torch.Generator().manual_seed(40)
+    shapes = [(10, 12), (8, 8), (10, 12), (14, 6), (8, 8), (14, 6), (10, 12)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in shapes]
+    boxes = torch.cat([random_boxes(1, h, w, 0.3, generator=g) for h, w in shapes])
+    feats = torch.randn(len(shapes), 5, generator=g)
+    mem = CompressedMemory(10**5)
+    assert mem.select_class(images, feats, boxes, 1, 10**5) == len(shapes)
+    order = herding_order(feats, len(shapes)).tolist()
+    assert mem.sizes.tolist() == [list(shapes[i]) for i in order]
+    assert torch.equal(mem.boxes, boxes[order])
+    for got, i in zip(mem.decode_list(), order):
+        assert torch.equal(got, compress(images[i][None], boxes[i:i + 1], 4.0)[0])
+    assert mem.nbytes == _bytes_from_meta(mem)
+    with pytest.raises(ValueError, match="different image sizes"):
+        mem.decode([0, 1, 2, 3])
+    first3 = mem.decode_list([0, 1, 2])
+    kept = mem.reduce(int(mem.exemplar_nbytes()[:3].sum()))
+    assert kept == {1: 3} and all(torch.equal(a, b) for a, b in zip(mem.decode_list(), first3))
