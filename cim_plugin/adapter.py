@@ -26,11 +26,14 @@ from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision import transforms
 
+from .bilevel import meta_step
 from .boxes import box_area_fraction, cam_to_boxes, center_boxes, random_boxes
 from .cam import cam_from_feature_maps
-from .codec import compress
+from .cim_branch import CIMBranch
+from .codec import compress, degrade
 from .config import ConfigError
 from .memory import CompressedMemory
+from .pycil import learner_modules
 
 log = logging.getLogger("cim_plugin")
 
@@ -65,6 +68,29 @@ def fmaps_and_features(network: nn.Module, x: torch.Tensor) -> Tuple[List[torch.
     fmaps = [o["fmaps"][-1] for o in outs]
     features = torch.cat([o["features"] for o in outs], 1)
     return fmaps, features, classifier_weight(net.fc)
+
+
+class FmapView(nn.Module):
+    """A PyCIL network seen as `x -> {"logits", "fmaps", "features", "weight"}` for CAMs.
+
+    Runs every backbone once (the same activation calls, in the same order, as the network's own
+    forward), so the CIM branch's PAU sites are the network's ReLU sites.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.net = unwrap(network)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, Any]:
+        fmaps, features, weight = fmaps_and_features(self.net, x)
+        logits = self.net.fc(features)
+        logits = logits["logits"] if isinstance(logits, dict) else logits
+        return {"logits": logits, "fmaps": fmaps, "features": features, "weight": weight}
+
+
+def cam_of_output(out: Dict[str, Any], labels: torch.Tensor, size) -> torch.Tensor:
+    """CAM (B, H, W) in [0, 1] of class `labels` from an FmapView output (weight detached)."""
+    return cam_from_feature_maps(out["fmaps"], out["weight"].detach(), labels, out_size=tuple(size))
 
 
 # ----------------------------------------------------------------------------- image pipeline
@@ -279,7 +305,9 @@ class CIMMixin:
         self._cim_epoch = 0
         self._cim_image_bytes: Optional[int] = None
         self._cim_generator = torch.Generator().manual_seed(int(args.get("seed", 0)))
-        self._cim_mask_model = None  # set by the CIM mask mode (bilevel) when available
+        self._cim_branch: Optional[CIMBranch] = None  # the adaptive mask model (PAUs, phi)
+        self._cim_phi_optimizer: Optional[torch.optim.Optimizer] = None
+        self._cim_meta_log: List[Dict[str, float]] = []
 
     # -- PyCIL entry points ------------------------------------------------------------------
     def incremental_train(self, data_manager):
@@ -287,6 +315,7 @@ class CIMMixin:
             self._cim_pipeline = ImagePipeline(data_manager)
         self._cim_epoch = 0
         self._cim_train_new = None
+        self._cim_meta_log = []
         return super().incremental_train(DataManagerProxy(data_manager, self))
 
     def _train(self, train_loader, *rest, **kwargs):
@@ -312,6 +341,8 @@ class CIMMixin:
         """Byte-budgeted herding over compressed exemplars; class means from decoded exemplars."""
         dm = data_manager._dm if isinstance(data_manager, DataManagerProxy) else data_manager
         pipeline = self._cim_pipeline
+        if self._cim_cfg["cim_mask"] == "cim" and self._cim_train_new is not None:
+            self._cim_meta_steps(self._cim_train_new)  # the meta steps that follow the last epoch
         network = unwrap(self._network)
         was_training = {m: m.training for m in network.modules()}
         network.eval()
@@ -378,8 +409,8 @@ class CIMMixin:
         """Herding features and the boxes of the configured mask mode, for stored images."""
         features, cams = self._forward_chunks(images, labels)
         mode = self._cim_cfg["cim_mask"]
-        if mode == "cim" and self._cim_mask_model is not None:
-            cams = self._cim_mask_model.cams(self, images, labels)
+        if mode == "cim" and self._cim_branch is not None:
+            cams = self._branch_cams(images, labels)
         boxes = cam_to_boxes(cams, self._cim_cfg["mask_threshold"])
         H, W = images.shape[-2:]
         if mode in ("random", "center"):
@@ -406,12 +437,17 @@ class CIMMixin:
 
     # -- per-epoch hook ----------------------------------------------------------------------
     def _cim_on_epoch(self):
-        """Before each epoch: refresh boxes and raise the augmentation probability on schedule."""
+        """Before each epoch: the mask model's meta steps (CIM mode), then, on schedule, refresh the
+        boxes of the new-class images and raise the compression-augmentation probability."""
         epoch = self._cim_epoch
         self._cim_epoch += 1
-        interval = self._cim_cfg["cam_update_interval"]
         dataset = self._cim_train_new
-        if dataset is None or epoch == 0 or epoch % interval:
+        if dataset is None:
+            return
+        if self._cim_cfg["cim_mask"] == "cim" and epoch > 0:
+            self._cim_meta_steps(dataset)
+        interval = self._cim_cfg["cam_update_interval"]
+        if epoch == 0 or epoch % interval:
             return
         network = unwrap(self._network)
         was_training = {m: m.training for m in network.modules()}
@@ -425,6 +461,82 @@ class CIMMixin:
                 module.train(flag)
         dataset.boxes = boxes
         dataset.prob = min(1.0, self._cim_cfg["randombbxblur_prob_incre"] * (epoch // interval))
+
+    # -- the adaptive mask model (SPEC steps 6-7) ----------------------------------------------
+    def _cim_lr(self) -> float:
+        """The learning rate of the phase's CIL optimiser as configured (inner step = lr x lr_ratio)."""
+        names = ("init_lr",) if self._cur_task == 0 else ("lrate", "lr")
+        for name in names:
+            if name in self.args:
+                return float(self.args[name])
+            for module in learner_modules(type(self)):
+                if isinstance(getattr(module, name, None), (int, float)):
+                    return float(getattr(module, name))
+        return 0.1
+
+    def _ensure_branch(self, x: torch.Tensor) -> CIMBranch:
+        """The CIM branch with one PAU per ReLU site of the current network (grows with backbones)."""
+        view = FmapView(self._network)
+        if self._cim_branch is None:
+            self._cim_branch = CIMBranch()
+        before = self._cim_branch.num_sites
+        self._cim_branch.ensure_sites(view, x[:2])
+        self._cim_branch.to(x.device)
+        if self._cim_phi_optimizer is None or self._cim_branch.num_sites != before:
+            self._cim_phi_optimizer = torch.optim.Adam(self._cim_branch.parameters(), lr=self._cim_cfg["phi_lr"])
+        return self._cim_branch
+
+    def _cim_inner_loss(self, out: Dict[str, Any], y: torch.Tensor) -> torch.Tensor:
+        """The learner's classification loss for the inner step: CE, plus DER's auxiliary CE."""
+        loss = F.cross_entropy(out["logits"], y)
+        if out.get("aux_logits") is not None:
+            aux_y = torch.where(y - self._known_classes + 1 > 0, y - self._known_classes + 1, torch.zeros_like(y))
+            loss = loss + F.cross_entropy(out["aux_logits"], aux_y)
+        return loss
+
+    def _branch_mask(self, network, branch, x, y):
+        out = branch(FmapView(network), x)
+        return cam_of_output(out, y, x.shape[-2:]), out["logits"]
+
+    def _cim_meta_steps(self, dataset: "CompressAugmentDataset") -> None:
+        """`num_meta_iters_per_cls` x new classes bilevel steps on batches of new-class images."""
+        cfg = self._cim_cfg
+        n_new = self._total_classes - self._known_classes
+        iters = max(1, math.ceil(cfg["num_meta_iters_per_cls"] * n_new))
+        batch = cfg["meta_batch_size"]
+        labels_all = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+        network = unwrap(self._network)
+        for _ in range(iters):
+            pick = torch.randperm(len(dataset), generator=self._cim_generator)[: 2 * batch]
+            inner, outer = pick[: len(pick) // 2], pick[len(pick) // 2 :]
+            if len(inner) == 0 or len(outer) == 0:
+                return
+            items = dataset.images[pick.numpy()] if isinstance(dataset.images, np.ndarray) \
+                else [dataset.images[i] for i in pick.tolist()]
+            x = self._cim_pipeline.to_input(self._cim_pipeline.load_many(items), self._device)
+            y = labels_all[pick].to(self._device)
+            x_in, x_out = x[: len(inner)], x[len(inner) :]
+            branch = self._ensure_branch(x_in)
+            stats = meta_step(
+                network=network, branch=branch, phi_optimizer=self._cim_phi_optimizer,
+                x_inner=x_in, y_inner=y[: len(inner)], x_inner_degraded=degrade(x_in, cfg["compress_ratio"]),
+                x_outer=x_out, y_outer=y[len(inner) :], mask_fn=self._branch_mask,
+                logits_fn=lambda out: out["logits"], inner_loss_fn=self._cim_inner_loss,
+                lr=self._cim_lr(), lr_ratio=cfg["lr_ratio"], div_coef=cfg["div_coef"], reg_coef=cfg["reg_coef"],
+                max_phi_grad_norm=cfg["max_phi_grad_norm"],
+            )
+            self._cim_meta_log.append(stats)
+
+    def _branch_cams(self, images: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """CAMs (N, H, W) of the CIM branch (the learned masks) for stored uint8 images."""
+        cams = []
+        with torch.no_grad():
+            for start in range(0, len(images), chunk):
+                x = self._cim_pipeline.to_input(images[start : start + chunk], self._device)
+                branch = self._ensure_branch(x)
+                y = labels[start : start + chunk].to(self._device)
+                cams.append(self._branch_mask(unwrap(self._network), branch, x, y)[0].cpu())
+        return torch.cat(cams)
 
     # -- reporting ---------------------------------------------------------------------------
     def cim_memory_report(self) -> Dict[str, Any]:
@@ -443,6 +555,9 @@ class CIMMixin:
             "mean_box_fraction": float((areas / full).mean()),
             "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
             "cim_mask": self._cim_cfg["cim_mask"],
+            "meta_steps": len(self._cim_meta_log),
+            "mask_mean": (float(np.mean([m["mask_mean"] for m in self._cim_meta_log]))
+                          if self._cim_meta_log else None),
         }
 
 

@@ -11,7 +11,12 @@ pytestmark = requires_pycil
 
 @pytest.mark.parametrize("learner", ["icarl", "der", "foster"])
 def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner):
-    common = dict(synthetic_image_size=48, cim_mask="cam", cam_update_interval=1)
+    # 4 full images per class at the end; 2 epochs so that the CAMs start to localise objects
+    common = dict(synthetic_image_size=48, cim_mask="cam", cam_update_interval=1, memory_size=60)
+    if learner == "foster":
+        common.update(init_epochs=2, boosting_epochs=2, compression_epochs=1)
+    else:
+        common.update(init_epoch=2, epochs=2, init_milestones=[2], milestones=[2])
     base = write_config(tmp_path / "base.json", tiny_learner_config(learner, **common))
     cim = write_config(tmp_path / "cim.json", tiny_learner_config(learner, cim=True, **common))
     rb = run_cli([base, "--out", tmp_path / "base"])

@@ -1,0 +1,151 @@
+"""Padé activation units (PAU), the learnable activations of CIM's adaptive mask model (SPEC step 6).
+
+A PAU is the rational function ``y = P(x) / Q(x)`` with
+
+* numerator ``P(x) = a_0 + a_1 x + ... + a_5 x^5`` (6 coefficients), and
+* the *safe* denominator ``Q(x) = 1 + sum_{k=1..4} |b_k| |x|^k`` (4 coefficients), which is ``>= 1``
+  everywhere, so a PAU has no poles whatever its coefficients are.
+
+One PAU holds a single coefficient set shared by all channels and positions of its input. It is
+initialised to approximate ReLU: a least-squares fit on a grid of ``[-3, 3]`` (linearised, then
+refined by L-BFGS in float64), done once per process on the CPU and cached; it is deterministic.
+At init ``max |PAU(x) - relu(x)| <= 0.031`` on ``[-3, 3]`` (worst near the kink at 0). Outside
+that range the fit degrades (both tails grow like ``(a_5/|b_4|) x``; e.g. ``PAU(-6) ~ -0.70``,
+``PAU(6) ~ 5.75``), which is inherent to the degree-(5, 4) safe form.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["PAU", "relu_fit_coefficients", "pade", "NUM_DEGREE", "DEN_DEGREE", "FIT_RANGE"]
+
+NUM_DEGREE = 5
+DEN_DEGREE = 4
+FIT_RANGE = 3.0
+
+
+def pade(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Evaluate the safe Padé function elementwise.
+
+    Args:
+        x: float Tensor of any shape.
+        numerator: float Tensor(6,), ``a_0..a_5`` (ascending powers).
+        denominator: float Tensor(4,), ``b_1..b_4`` (ascending powers; only ``|b_k|`` is used).
+    Returns:
+        Tensor shaped like ``x``, dtype ``promote(x, coefficients)``: ``P(x) / (1 + sum |b_k| |x|^k)``.
+        Differentiable to any order in ``x`` and the coefficients (Horner scheme, no custom autograd).
+    """
+    a = numerator
+    b = denominator.abs()
+    p = a[NUM_DEGREE] * x + a[NUM_DEGREE - 1]
+    for k in range(NUM_DEGREE - 2, -1, -1):
+        p = p * x + a[k]
+    ax = x.abs()
+    q = b[DEN_DEGREE - 1] * ax + b[DEN_DEGREE - 2]
+    for k in range(DEN_DEGREE - 3, -1, -1):
+        q = q * ax + b[k]
+    q = q * ax + 1.0
+    return p / q
+
+
+def relu_fit_coefficients(fit_range: float = FIT_RANGE) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The ReLU fit on ``[-fit_range, fit_range]``, computed once per range and process (deterministic).
+
+    Args:
+        fit_range: half-width of the fitted interval (activation units), > 0. The default 3 gives
+            max error 0.030 on [-3, 3]; a wider range trades accuracy near 0 for the tails
+            (4: 0.040, 5: 0.050, 6: 0.060 on [-3, 3]).
+    Returns:
+        ``(numerator, denominator)`` as tuples of Python floats, lengths 6 and 4, for :func:`pade`.
+    """
+    if isinstance(fit_range, bool) or not isinstance(fit_range, (int, float)) or not math.isfinite(fit_range) \
+            or fit_range <= 0:
+        raise ValueError(f"fit_range must be a finite number > 0, got {fit_range!r}")
+    return _relu_fit(float(fit_range))
+
+
+@functools.lru_cache(maxsize=8)
+def _relu_fit(fit_range: float) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise identical result whatever the caller's thread count (tiny problem)
+    try:
+        return _relu_fit_single_thread(fit_range)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _relu_fit_single_thread(fit_range: float) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        x = torch.linspace(-fit_range, fit_range, 601, dtype=torch.float64)
+        r = x.clamp_min(0.0)
+        ax = x.abs()
+        # Linearised problem P(x) - relu(x) * (Q(x) - 1) = relu(x), solved in closed form.
+        powers = torch.stack([x ** k for k in range(NUM_DEGREE + 1)], dim=1)
+        abs_powers = torch.stack([ax ** k for k in range(1, DEN_DEGREE + 1)], dim=1)
+        design = torch.cat([powers, -r[:, None] * abs_powers], dim=1)
+        sol = torch.linalg.lstsq(design, r[:, None], driver="gelsd").solution.squeeze(1)
+        a = sol[:NUM_DEGREE + 1].clone().requires_grad_(True)
+        b = sol[NUM_DEGREE + 1:].abs().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([a, b], lr=1.0, max_iter=300, tolerance_grad=1e-14, tolerance_change=1e-16,
+                                history_size=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (pade(x, a, b) - r).pow(2).mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return tuple(float(v) for v in a.detach()), tuple(float(v) for v in b.detach().abs())
+
+
+class PAU(nn.Module):
+    """Safe Padé activation unit ``y = P(x) / (1 + sum_k |b_k| |x|^k)``, degrees (5, 4).
+
+    Parameters: ``numerator`` float32 Tensor(6,) and ``denominator`` float32 Tensor(4,). By default both
+    come from the cached ReLU fit on ``[-fit_range, fit_range]`` (:func:`relu_fit_coefficients`); pass
+    sequences to start elsewhere,
+    e.g. ``PAU(numerator=[0, 1, 0, 0, 0, 0], denominator=[0, 0, 0, 0])`` is the identity.
+
+    Forward: any float Tensor (any shape, CPU or CUDA, float16/bfloat16/float32/float64) -> Tensor of the
+    same shape and dtype. Computation runs in ``promote(x.dtype, float32)`` with autocast disabled, then is
+    cast back, so it is safe under ``torch.autocast``. Supports higher-order gradients.
+    """
+
+    def __init__(self, numerator: Optional[Sequence[float]] = None,
+                 denominator: Optional[Sequence[float]] = None,
+                 device: Optional[torch.device] = None, fit_range: float = FIT_RANGE) -> None:
+        super().__init__()
+        if numerator is None or denominator is None:
+            fit_num, fit_den = relu_fit_coefficients(fit_range)
+            numerator = fit_num if numerator is None else numerator
+            denominator = fit_den if denominator is None else denominator
+        num = torch.as_tensor(numerator, dtype=torch.float32).detach().clone()
+        den = torch.as_tensor(denominator, dtype=torch.float32).detach().clone()
+        if num.shape != (NUM_DEGREE + 1,):
+            raise ValueError(f"numerator must hold {NUM_DEGREE + 1} coefficients a_0..a_{NUM_DEGREE}, "
+                             f"got shape {tuple(num.shape)}")
+        if den.shape != (DEN_DEGREE,):
+            raise ValueError(f"denominator must hold {DEN_DEGREE} coefficients b_1..b_{DEN_DEGREE}, "
+                             f"got shape {tuple(den.shape)}")
+        self.numerator = nn.Parameter(num.to(device))
+        self.denominator = nn.Parameter(den.to(device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"PAU expects a floating-point Tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}; cast it with .float() first")
+        compute = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = pade(x.to(compute), self.numerator.to(device=x.device, dtype=compute),
+                     self.denominator.to(device=x.device, dtype=compute))
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"degrees=({NUM_DEGREE}, {DEN_DEGREE}), safe denominator 1 + sum |b_k||x|^k"

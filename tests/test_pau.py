@@ -1,0 +1,106 @@
+"""Padé activation units: ReLU fit, determinism, higher-order gradients, autocast, devices."""
+
+import pytest
+import torch
+
+from cim_plugin.pau import PAU, _relu_fit, pade, relu_fit_coefficients
+
+FIT_BOUND = 0.031  # max |PAU(x) - relu(x)| on [-3, 3] at init (measured 0.0300)
+
+
+def test_relu_fit_bound_on_fit_range():
+    x = torch.linspace(-3, 3, 60001)
+    err = (PAU()(x) - torch.relu(x)).abs().max().item()
+    assert err < FIT_BOUND
+    # it is an actual fit, not a loose one: error well below the trivial identity/zero approximations
+    assert (PAU()(x) - torch.relu(x)).abs().mean().item() < 0.01
+
+
+def test_denominator_is_safe_and_pau_starts_from_the_fit():
+    num, den = relu_fit_coefficients()
+    assert len(num) == 6 and len(den) == 4 and all(d >= 0 for d in den)
+    pau = PAU()
+    assert pau.numerator.dtype == torch.float32 and pau.numerator.shape == (6,)
+    assert torch.equal(pau.numerator, torch.tensor(num, dtype=torch.float32))
+    # arbitrary (even negative) denominator coefficients never give a pole: Q >= 1
+    x = torch.linspace(-50, 50, 10001, dtype=torch.float64)
+    y = pade(x, torch.ones(6, dtype=torch.float64), -torch.rand(4, dtype=torch.float64))
+    assert torch.isfinite(y).all()
+
+
+def test_fit_is_deterministic_whatever_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        again = _relu_fit.__wrapped__(3.0)
+        torch.set_num_threads(1)
+        once_more = _relu_fit.__wrapped__(3.0)
+    finally:
+        torch.set_num_threads(before)
+    assert again == once_more == relu_fit_coefficients()
+    assert torch.get_num_threads() == before
+
+
+def test_identity_coefficients_give_identity():
+    pau = PAU(numerator=[0, 1, 0, 0, 0, 0], denominator=[0, 0, 0, 0])
+    x = torch.randn(5, 7)
+    assert torch.equal(pau(x), x)
+
+
+def test_second_order_gradients_exact():
+    torch.manual_seed(0)
+    x = (torch.rand(9, dtype=torch.float64) * 2 + 0.1) * torch.tensor([1.0, -1.0] * 4 + [1.0], dtype=torch.float64)
+    a = torch.tensor(relu_fit_coefficients()[0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(relu_fit_coefficients()[1], dtype=torch.float64, requires_grad=True)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(pade, (x, a, b))
+    assert torch.autograd.gradgradcheck(pade, (x, a, b))
+
+
+def test_double_backward_through_module_reaches_coefficients():
+    pau = PAU()
+    x = torch.randn(4, 3, requires_grad=True)
+    (gx,) = torch.autograd.grad(pau(x).pow(2).sum(), x, create_graph=True)
+    gn, gd = torch.autograd.grad(gx.pow(2).sum(), [pau.numerator, pau.denominator])
+    assert gn.abs().sum() > 0 and gd.abs().sum() > 0
+
+
+def test_autocast_cpu_bfloat16():
+    pau = PAU()
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(x)
+        assert h.dtype == torch.bfloat16
+        y = pau(h)
+    assert y.dtype == torch.bfloat16
+    ref = pau(h.float())
+    assert torch.allclose(y.float(), ref, atol=2e-2, rtol=1e-2)
+    y.float().sum().backward()
+    assert pau.numerator.grad is not None and pau.numerator.grad.dtype == torch.float32
+    assert torch.isfinite(pau.numerator.grad).all()
+
+
+def test_float64_input_stays_float64():
+    x = torch.randn(6, dtype=torch.float64)
+    assert PAU()(x).dtype == torch.float64
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="floating-point"):
+        PAU()(torch.arange(4))
+    with pytest.raises(ValueError, match="6 coefficients"):
+        PAU(numerator=[0, 1, 0])
+    with pytest.raises(ValueError, match="4 coefficients"):
+        PAU(denominator=[0, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    pau = PAU()
+    x = torch.linspace(-3, 3, 101)
+    y = pau.cuda()(x.cuda())
+    assert y.device.type == "cuda"
+    assert torch.allclose(y.cpu(), PAU()(x), atol=1e-6)
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert pau(x.cuda().half()).dtype == torch.float16
