@@ -32,10 +32,13 @@ from .cam import cam_from_feature_maps
 from .cim_branch import CIMBranch
 from .codec import compress, degrade
 from .config import ConfigError
+from .herding import herding_order
 from .memory import CompressedMemory
 from .pycil import learner_modules
 
 log = logging.getLogger("cim_plugin")
+
+CAMS_KEPT = 4  # CAMs kept per class for the exemplar figure
 
 # Learners whose memory flow the adapter has been tested with end to end.
 SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p")
@@ -307,7 +310,11 @@ class CIMMixin:
         self._cim_generator = torch.Generator().manual_seed(int(args.get("seed", 0)))
         self._cim_branch: Optional[CIMBranch] = None  # the adaptive mask model (PAUs, phi)
         self._cim_phi_optimizer: Optional[torch.optim.Optimizer] = None
+        self._cim_branch_task = -1
         self._cim_meta_log: List[Dict[str, float]] = []
+        self._cim_sources: Dict[int, torch.Tensor] = {}  # class -> train indices of its exemplars, memory order
+        self._cim_cams: Dict[int, torch.Tensor] = {}  # class -> CAMs of its first exemplars (for figures)
+        self._cim_last_cams: Optional[torch.Tensor] = None
 
     # -- PyCIL entry points ------------------------------------------------------------------
     def incremental_train(self, data_manager):
@@ -359,6 +366,7 @@ class CIMMixin:
                     memory.reduce(budget)
                 labels = torch.full((len(images),), class_idx, dtype=torch.long)
                 features, boxes = self._features_and_boxes(images, labels)
+                source = torch.from_numpy(np.where(dm._train_targets == class_idx)[0])
                 try:
                     kept = memory.select_class(images, features, boxes, class_idx, budget, replace=True)
                 except ValueError as err:
@@ -367,8 +375,14 @@ class CIMMixin:
                         f"({self._cim_image_bytes} B) shared by {self._total_classes} classes; raise memory_size "
                         f"(or memory_per_class with fixed_memory)"
                     ) from None
+                order = herding_order(features, kept)  # the memory keeps this prefix, in this order
+                self._cim_sources[class_idx] = source[order]
+                self._cim_cams[class_idx] = self._cim_last_cams[order[:CAMS_KEPT]].half()
                 log.info("CIM memory: class %d keeps %d exemplars (%d bytes budget)", class_idx, kept, budget)
             memory.check_budget()
+            counts = memory.counts()
+            for label in list(self._cim_sources):
+                self._cim_sources[label] = self._cim_sources[label][: counts.get(label, 0)]
             self._class_means = self._memory_class_means()
         finally:
             for module, flag in was_training.items():
@@ -417,6 +431,7 @@ class CIMMixin:
             fraction = float(box_area_fraction(boxes, H, W).mean())
             boxes = (random_boxes(len(images), H, W, fraction, generator=self._cim_generator)
                      if mode == "random" else center_boxes(len(images), H, W, fraction))
+        self._cim_last_cams = cams
         return features, boxes
 
     def _memory_class_means(self) -> np.ndarray:
@@ -476,14 +491,17 @@ class CIMMixin:
 
     def _ensure_branch(self, x: torch.Tensor) -> CIMBranch:
         """The CIM branch with one PAU per ReLU site of the current network (grows with backbones)."""
-        view = FmapView(self._network)
+        if self._cim_branch is not None and self._cim_branch_task == self._cur_task:
+            return self._cim_branch
         if self._cim_branch is None:
             self._cim_branch = CIMBranch()
         before = self._cim_branch.num_sites
-        self._cim_branch.ensure_sites(view, x[:2])
+        with torch.no_grad():
+            self._cim_branch.ensure_sites(FmapView(self._network), x[:2])  # new backbone -> new PAUs
         self._cim_branch.to(x.device)
         if self._cim_phi_optimizer is None or self._cim_branch.num_sites != before:
             self._cim_phi_optimizer = torch.optim.Adam(self._cim_branch.parameters(), lr=self._cim_cfg["phi_lr"])
+        self._cim_branch_task = self._cur_task
         return self._cim_branch
 
     def _cim_inner_loss(self, out: Dict[str, Any], y: torch.Tensor) -> torch.Tensor:
@@ -539,6 +557,33 @@ class CIMMixin:
         return torch.cat(cams)
 
     # -- reporting ---------------------------------------------------------------------------
+    def cim_save_artifacts(self, out_dir) -> None:
+        """memory.pt (the compressed memory, real bytes) and exemplars.pt (where each came from)."""
+        from pathlib import Path
+
+        out_dir = Path(out_dir)
+        memory = self._cim_memory
+        memory.save(out_dir / "memory.pt")
+        labels = memory.labels
+        source = torch.full((len(memory),), -1, dtype=torch.long)
+        cam_index, cams = [], []
+        for label, src in self._cim_sources.items():
+            pos = (labels == label).nonzero().squeeze(1)[: len(src)]
+            source[pos] = src[: len(pos)]
+            kept = self._cim_cams.get(label)
+            if kept is not None:
+                k = min(len(kept), len(pos))
+                cam_index.append(pos[:k])
+                cams.append(kept[:k])
+        payload = {
+            "labels": labels.clone(), "source_index": source, "boxes": memory.boxes.long().clone(),
+            "cam_index": torch.cat(cam_index) if cam_index else torch.zeros(0, dtype=torch.long),
+            "cams": torch.cat(cams) if cams else None,
+        }
+        from .checkpoint import save
+
+        save(out_dir / "exemplars.pt", payload)
+
     def cim_memory_report(self) -> Dict[str, Any]:
         memory = self._cim_memory
         counts = torch.bincount(memory.labels, minlength=self._total_classes)[: self._total_classes]
@@ -552,6 +597,7 @@ class CIMMixin:
             "image_bytes": self._cim_image_bytes,
             "exemplars_per_class": {"min": int(counts.min()), "mean": float(counts.double().mean()),
                                     "max": int(counts.max())},
+            "exemplars_per_class_counts": [int(c) for c in counts],
             "mean_box_fraction": float((areas / full).mean()),
             "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
             "cim_mask": self._cim_cfg["cim_mask"],

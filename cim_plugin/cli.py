@@ -19,6 +19,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config_pos", nargs="?", metavar="CONFIG.json", help="PyCIL JSON config")
     p.add_argument("--config", dest="config_opt", metavar="CONFIG.json", help="same, as PyCIL's main.py takes it")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<config>_<time>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished phase")
+    mode.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     return p
 
 
@@ -32,7 +35,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         config = load_config(path)
-        paths = run_config(config, out_dir=args.out, config_path=Path(path))
+        if args.resume and args.out is None:
+            raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
+        paths = run_config(config, out_dir=args.out, config_path=Path(path), resume=args.resume,
+                           overwrite=args.overwrite)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

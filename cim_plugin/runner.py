@@ -7,6 +7,7 @@ phase, after `_set_random()`), so a config without `"cim": true` gives PyCIL's n
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import metrics
+from . import checkpoint, metrics
 from .config import (
     CIM_DEFAULTS,
     RUNNER_KEYS,
@@ -135,6 +136,7 @@ def memory_report(learner, config, idata) -> Dict[str, Any]:
         "exemplars_per_class": None
         if counts is None
         else {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max())},
+        "exemplars_per_class_counts": None if counts is None else [int(c) for c in counts],
     }
 
 
@@ -173,8 +175,20 @@ def build_learner(args: Dict[str, Any]):
     return cls(args)
 
 
-def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, on_phase: Optional[Callable] = None) -> Path:
-    """Run all phases for one seed; write out_dir/results.json after every phase. Returns its path."""
+def _config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    ignore = {"device"}
+    keys = (set(saved) | set(current)) - ignore
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = False,
+             on_phase: Optional[Callable] = None) -> Path:
+    """Run all phases for one seed into `out_dir`; returns the path of its results.json.
+
+    After every phase: results.json, predictions.npz (last phase's test predictions), the memory
+    artifacts of CIM runs, and checkpoint.pt (everything needed to go on). With `resume`, a run
+    continues after the last finished phase of out_dir/checkpoint.pt with identical numbers.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     handlers = _configure_logging(out_dir)
     trainer = import_pycil()
@@ -195,12 +209,27 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, on_phase: Optiona
                 logging.info("%s: %s", key, value)
             data_manager = DataManager(args["dataset"], args["shuffle"], seed, args["init_cls"], args["increment"])
             learner = build_learner(args)
-            capture = _EvalCapture(learner)
             topk = learner.topk
             results = _results_skeleton(config, seed, args)
-            task_ends = list(np.cumsum(data_manager._increments))
             rows: List[List[Optional[float]]] = []
-            for task in range(data_manager.nb_tasks):
+            first_task = 0
+            ckpt_path = out_dir / checkpoint.CHECKPOINT
+            if resume and ckpt_path.exists():
+                saved = checkpoint.load(ckpt_path)
+                differing = _config_differences(saved["results"]["config"], results["config"])
+                if differing:
+                    raise ConfigError(
+                        f"{ckpt_path} belongs to a run with a different config (keys {differing} differ); "
+                        f"resume with the same config or choose another --out folder"
+                    )
+                checkpoint.restore_learner(learner, saved["learner"])
+                results, rows = saved["results"], saved["rows"]
+                first_task = saved["phase"] + 1
+                checkpoint.restore_rng(saved["rng"])
+                logging.info("resuming %s after phase %d", out_dir, saved["phase"])
+            capture = _EvalCapture(learner)
+            task_ends = list(np.cumsum(data_manager._increments))
+            for task in range(first_task, data_manager.nb_tasks):
                 logging.info("All params: %s", count_parameters(learner._network))
                 logging.info("Trainable params: %s", count_parameters(learner._network, True))
                 start = time.perf_counter()
@@ -216,18 +245,34 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, on_phase: Optiona
                 phase = _phase_record(task, learner, cnn_accy, nme_accy, wall, config, idata, task_ends[task])
                 results["phases"].append(phase)
                 _summarise(results, rows)
+                results["finished"] = task == data_manager.nb_tasks - 1
+                _write_artifacts(out_dir, learner, data_manager, y_pred, y_true)
+                checkpoint.save(ckpt_path, {
+                    "phase": task, "learner": checkpoint.learner_state(learner), "rng": checkpoint.rng_state(),
+                    "results": results, "rows": rows,
+                })
                 write_json(out_dir / "results.json", results)
                 _log_phase(phase)
                 if on_phase is not None:
                     on_phase(learner, data_manager, results)
-            results["finished"] = True
-            write_json(out_dir / "results.json", results)
     finally:
         root = logging.getLogger()
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
     return out_dir / "results.json"
+
+
+def _write_artifacts(out_dir: Path, learner, data_manager, y_pred, y_true) -> None:
+    """predictions.npz of the phase just evaluated, and the CIM memory files."""
+    total = learner._total_classes
+    test_index = np.concatenate([np.where(data_manager._test_targets == c)[0] for c in range(total)])
+    tmp = out_dir / ".predictions.tmp.npz"
+    np.savez(tmp, y_pred=y_pred, y_true=y_true, test_index=test_index,
+             class_order=np.asarray(data_manager._class_order))
+    tmp.replace(out_dir / "predictions.npz")
+    if hasattr(learner, "cim_save_artifacts"):
+        learner.cim_save_artifacts(out_dir)
 
 
 def _results_skeleton(config, seed, args) -> Dict[str, Any]:
@@ -300,13 +345,29 @@ def default_out_dir(config: Dict[str, Any], config_path: Optional[Path]) -> Path
     return Path("runs") / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_config(config: Dict[str, Any], out_dir: Optional[Path] = None, config_path: Optional[Path] = None) -> List[Path]:
-    """Validate and run a config (all its seeds). One seed: OUT/results.json; several: OUT/seed_S/."""
+def run_config(config: Dict[str, Any], out_dir: Optional[Path] = None, config_path: Optional[Path] = None,
+               resume: bool = False, overwrite: bool = False) -> List[Path]:
+    """Validate and run a config (all its seeds). One seed: OUT/results.json; several: OUT/seed_S/.
+
+    An output folder that already holds a run is refused unless `resume` (go on from its last
+    checkpoint; a finished run is left as it is) or `overwrite`.
+    """
     config = prepare(config)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, config_path)
     seeds = config["seed"]
     paths = []
     for seed in seeds:
         target = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        paths.append(run_seed(config, seed, target))
+        existing = target / "results.json"
+        if existing.exists() and not (resume or overwrite):
+            raise ConfigError(f"{target} already holds a run; pass --resume to continue it, --overwrite to "
+                              f"replace it, or choose another --out folder")
+        if resume and existing.exists() and json.loads(existing.read_text()).get("finished"):
+            logging.getLogger("cim_plugin").info("%s is finished; nothing to resume", target)
+            paths.append(existing)
+            continue
+        if overwrite and not resume:
+            for name in ("results.json", checkpoint.CHECKPOINT):
+                (target / name).unlink(missing_ok=True)
+        paths.append(run_seed(config, seed, target, resume=resume))
     return paths

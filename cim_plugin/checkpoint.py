@@ -1,0 +1,92 @@
+"""Per-phase checkpoints of a run: the learner's state, RNG states and results so far.
+
+A checkpoint is written atomically after every finished phase, so a run killed mid-phase resumes
+from the last finished phase and, because the RNG states are restored too, ends with the same
+numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import types
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+
+# Attributes a learner rebuilds itself (loaders, datasets, data managers) are not saved.
+_SKIP_TYPE_NAMES = {"DataLoader", "DataManager", "DataManagerProxy", "ImagePipeline", "CompressAugmentDataset",
+                    "DummyDataset", "ConcatDataset", "_Concat", "ExemplarDataset", "_EpochHookLoader"}
+
+
+class _GeneratorState:
+    """A picklable stand-in for a torch.Generator (its device and state)."""
+
+    def __init__(self, gen: torch.Generator):
+        self.device = str(gen.device)
+        self.state = gen.get_state()
+
+    def restore(self) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.set_state(self.state)
+        return gen
+
+
+def _saveable(value: Any) -> bool:
+    if isinstance(value, (types.FunctionType, types.MethodType, types.LambdaType)):
+        return False
+    return type(value).__name__ not in _SKIP_TYPE_NAMES
+
+
+def learner_state(learner) -> Dict[str, Any]:
+    """The learner's attributes worth saving (networks, memory, counters, the CIM branch...)."""
+    state = {}
+    for key, value in vars(learner).items():
+        if not _saveable(value):
+            continue
+        state[key] = _GeneratorState(value) if isinstance(value, torch.Generator) else value
+    return state
+
+
+def restore_learner(learner, state: Dict[str, Any]) -> None:
+    for key, value in state.items():
+        setattr(learner, key, value.restore() if isinstance(value, _GeneratorState) else value)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, payload: Dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, then os.replace (never a half-written file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: Path) -> Dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
