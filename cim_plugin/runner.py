@@ -306,6 +306,9 @@ def _phase_record(task, learner, cnn_accy, nme_accy, wall, config, idata, total_
         "wall_s": round(wall, 3),
     }
     record.update(memory)
+    report = getattr(learner, "der_p_report", None)
+    if report is not None:  # der_p: parameters per extractor before/after pruning, total params, FLOPs
+        record["der_p"] = report
     return record
 
 
