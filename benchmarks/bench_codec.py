@@ -1,8 +1,10 @@
-"""Throughput of the CIM codec on the CPU: CAM + box + encode, and decode (images/s).
+"""Throughput of the CIM codec on the CPU: CAM + box + encode, and decode (images/s); storage cost.
 
 Feature maps are random tensors (the network forward is excluded): 64 channels 8x8 for 32/64 px
 images (resnet32-like), 512 channels 7x7 for 224 px (resnet18-like). Batch 128, one thread unless
-``--threads`` says otherwise. Run: ``python benchmarks/bench_codec.py``.
+``--threads`` says otherwise. The cost table compares the stored bytes of centred boxes
+(:func:`cim_plugin.codec.exemplar_cost`) with the paper's ``a + (1 - a)/r`` full images.
+Run: ``python benchmarks/bench_codec.py``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from cim_plugin.boxes import cam_to_boxes
+from cim_plugin.boxes import cam_to_boxes, center_boxes
 from cim_plugin.cam import cam_from_feature_maps
-from cim_plugin.codec import decode, encode
+from cim_plugin.codec import decode, encode, exemplar_cost
 
 
 def _time(fn, repeats):
@@ -49,13 +51,27 @@ def bench(size, channels, fmap, batch=128, ratio=4.0, threshold=0.6, num_classes
         boxes = cam_to_boxes(cam, threshold)
         return encode(images, boxes, ratio), boxes
 
-    (lowres, crops), boxes = enc()
+    (frame, crops), boxes = enc()
     t_enc = _time(enc, repeats)
-    t_dec = _time(lambda: decode(lowres, crops, boxes, (size, size)), repeats)
+    t_dec = _time(lambda: decode(frame, crops, boxes, (size, size), ratio), repeats)
     frac = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().mean()) / size ** 2
     print(f"{size:4d}x{size:<4d} fmap {channels}x{fmap}x{fmap}  batch {batch}  mean box area {frac:.2f}:  "
           f"CAM+box+encode {batch / t_enc:9.0f} img/s   decode {batch / t_dec:9.0f} img/s")
     return batch / t_enc, batch / t_dec
+
+
+def cost_table(sizes=(32, 64, 224), fractions=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0), ratio=4.0):
+    """Print stored cost (full-image units) of centred boxes vs the paper's a + (1 - a)/r."""
+    print(f"exemplar cost at r={ratio:g} (full images): stored / paper a+(1-a)/r, centred boxes")
+    for size in sizes:
+        cells = []
+        for a in fractions:
+            boxes = (center_boxes(1, size, size, a) if a > 0
+                     else torch.tensor([[size // 2, size // 2, size // 2, size // 2]]))
+            af = float((boxes[0, 2] - boxes[0, 0]) * (boxes[0, 3] - boxes[0, 1])) / size ** 2
+            cells.append(f"a={af:.2f}: {float(exemplar_cost(boxes, size, size, ratio)[0]):.4f}/"
+                         f"{af + (1 - af) / ratio:.4f}")
+        print(f"  {size:4d} px  " + "  ".join(cells))
 
 
 def main():
@@ -69,6 +85,7 @@ def main():
     enc64, _ = bench(64, 64, 8, args.batch)
     bench(224, 512, 7, args.batch, repeats=3)
     print(f"target CAM+box+encode >= 2000 img/s at 64x64: {'met' if enc64 >= 2000 else 'NOT met'}")
+    cost_table()
 
 
 if __name__ == "__main__":

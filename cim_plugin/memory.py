@@ -1,11 +1,14 @@
 """CompressedMemory: a replay buffer that holds the real compressed bytes of its exemplars (CIM step 5).
 
 Storage (all CPU tensors):
-  * ``payload``      uint8 (P,)  : for every exemplar its lowres image (3,h,w) CHW flattened and its
-                                   crop (box_h, box_w, 3) HWC flattened (layout of :mod:`cim_plugin.codec`);
+  * ``payload``      uint8 (P,)  : for every exemplar its low-res frame (the low-res pixels that a decoded
+                                   pixel outside the box reads, 3 bytes each, :func:`cim_plugin.codec.encode`)
+                                   and its crop (box_h, box_w, 3) HWC flattened;
   * ``boxes``        int16 (N,4) : (x0, y0, x1, y1), exclusive ends;
   * ``labels``       int64 (N,)  ; ``sizes`` int64 (N,2) = original (H, W);
-  * ``lowres_off``, ``crop_off`` int64 (N,) : byte offsets of the two parts inside ``payload``.
+  * ``frame_off``, ``crop_off`` int64 (N,) : byte offsets of the two parts inside ``payload``.
+The lengths of the parts follow from box, size and ratio (:func:`cim_plugin.codec.frame_npixels`),
+so an exemplar costs ``3*box_h*box_w + 3*frame_pixels + 8`` bytes, about ``a + (1 - a)/r`` images.
 The budgeted size :attr:`CompressedMemory.nbytes` is ``payload`` bytes + ``boxes`` bytes, i.e. exactly
 the sum of :func:`cim_plugin.codec.exemplar_nbytes`; labels, sizes and offsets are bookkeeping
 and are not counted (as the label of a full-image exemplar is not counted by PyCIL's memory_size).
@@ -24,13 +27,14 @@ from typing import Dict, Iterator, List, Tuple, Union
 import torch
 
 from .boxes import box_areas, check_boxes
-from .codec import decode, encode, exemplar_nbytes, lowres_size, _check_ratio, _check_uint8_images
+from .codec import (decode, encode, exemplar_nbytes, frame_from_lowres, frame_npixels, lowres_size, _check_ratio,
+                    _check_uint8_images)
 from .herding import herding_order
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
 _INT16_MAX = 32767
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 1: full low-res image per exemplar ("lowres_off"), converted on load
 
 
 class BudgetExceededError(RuntimeError):
@@ -81,7 +85,7 @@ class CompressedMemory:
         self._boxes = torch.zeros(0, 4, dtype=torch.int16)
         self._labels = torch.zeros(0, dtype=torch.long)
         self._sizes = torch.zeros(0, 2, dtype=torch.long)
-        self._lowres_off = torch.zeros(0, dtype=torch.long)
+        self._frame_off = torch.zeros(0, dtype=torch.long)
         self._crop_off = torch.zeros(0, dtype=torch.long)
 
     # ------------------------------------------------------------------ read-only views
@@ -122,21 +126,19 @@ class CompressedMemory:
         u, c = torch.unique(self._labels, return_counts=True)
         return dict(zip(u.tolist(), c.tolist()))
 
-    def _lowres_len(self) -> torch.Tensor:
-        if len(self) == 0:
-            return torch.zeros(0, dtype=torch.long)
-        # lowres_size is per size; few distinct sizes, so map through unique sizes
-        uniq, inv = torch.unique(self._sizes, dim=0, return_inverse=True)
-        per = torch.tensor([3 * h * w for h, w in (lowres_size(int(H), int(W), self.compress_ratio)
-                                                   for H, W in uniq.tolist())], dtype=torch.long)
-        return per[inv]
+    def _frame_len(self) -> torch.Tensor:
+        """int64 Tensor(N,), bytes of each exemplar's low-res frame (3 per stored low-res pixel)."""
+        out = torch.zeros(len(self), dtype=torch.long)
+        for (H, W), pos in _size_groups(self._sizes):  # few distinct sizes
+            out[pos] = 3 * frame_npixels(self._boxes[pos].long(), H, W, self.compress_ratio)
+        return out
 
     def _crop_len(self) -> torch.Tensor:
         return 3 * box_areas(self._boxes.long())
 
     def exemplar_nbytes(self) -> torch.Tensor:
-        """int64 Tensor(N,), stored bytes of each exemplar (lowres + crop + box)."""
-        return self._lowres_len() + self._crop_len() + self._boxes.shape[1] * self._boxes.element_size()
+        """int64 Tensor(N,), stored bytes of each exemplar (frame + crop + box)."""
+        return self._frame_len() + self._crop_len() + self._boxes.shape[1] * self._boxes.element_size()
 
     def nbytes_per_class(self) -> Dict[int, int]:
         """label -> bytes held by its exemplars (sums to :attr:`nbytes`)."""
@@ -209,7 +211,7 @@ class CompressedMemory:
                              "first or pass a smaller class budget")
         # encode the kept exemplars, one batch per image size; entries stay in herding order
         sel_sizes = sizes[order]
-        lowres_off = torch.empty(keep, dtype=torch.long)
+        frame_off = torch.empty(keep, dtype=torch.long)
         crop_off = torch.empty(keep, dtype=torch.long)
         chunks = []
         base = 0
@@ -219,19 +221,19 @@ class CompressedMemory:
                 batch = images.index_select(0, idx.to(images.device))
             else:
                 batch = torch.stack([images[i] for i in idx.tolist()])
-            lowres, crops = encode(batch, boxes[idx].to(batch.device), self.compress_ratio)
-            lr_len = lowres[0].numel()
+            frame, crops = encode(batch, boxes[idx].to(batch.device), self.compress_ratio)
+            fr_len = 3 * frame_npixels(boxes[idx], H, W, self.compress_ratio)
             cr_len = 3 * box_areas(boxes[idx])
-            lowres_off[pos] = base + lr_len * torch.arange(pos.numel())
-            base += lowres.numel()
+            frame_off[pos] = base + torch.cumsum(fr_len, 0) - fr_len
+            base += frame.numel()
             crop_off[pos] = base + torch.cumsum(cr_len, 0) - cr_len
             base += crops.numel()
-            chunks += [lowres.reshape(-1).cpu(), crops.cpu()]
+            chunks += [frame.cpu(), crops.cpu()]
         if present:
             self._drop(self._labels == label)
         start = self._payload.numel()
         self._payload = torch.cat([self._payload] + chunks)
-        self._lowres_off = torch.cat([self._lowres_off, start + lowres_off])
+        self._frame_off = torch.cat([self._frame_off, start + frame_off])
         self._crop_off = torch.cat([self._crop_off, start + crop_off])
         self._boxes = torch.cat([self._boxes, boxes[order].to(torch.int16)])
         self._labels = torch.cat([self._labels, torch.full((keep,), label, dtype=torch.long)])
@@ -262,13 +264,13 @@ class CompressedMemory:
     def _drop(self, drop: torch.Tensor) -> None:
         """Remove exemplars where bool Tensor(N,) ``drop`` is True and compact the payload."""
         keep = ~drop
-        lr_len, cr_len = self._lowres_len()[keep], self._crop_len()[keep]
-        lr_idx = _ranges(self._lowres_off[keep], lr_len)
+        fr_len, cr_len = self._frame_len()[keep], self._crop_len()[keep]
+        fr_idx = _ranges(self._frame_off[keep], fr_len)
         cr_idx = _ranges(self._crop_off[keep], cr_len)
-        # new layout: all kept lowres parts, then all kept crops
-        self._payload = torch.cat([self._payload[lr_idx], self._payload[cr_idx]])
-        self._lowres_off = torch.cumsum(lr_len, 0) - lr_len
-        self._crop_off = int(lr_len.sum()) + torch.cumsum(cr_len, 0) - cr_len
+        # new layout: all kept frames, then all kept crops
+        self._payload = torch.cat([self._payload[fr_idx], self._payload[cr_idx]])
+        self._frame_off = torch.cumsum(fr_len, 0) - fr_len
+        self._crop_off = int(fr_len.sum()) + torch.cumsum(cr_len, 0) - cr_len
         self._boxes = self._boxes[keep]
         self._labels = self._labels[keep]
         self._sizes = self._sizes[keep]
@@ -349,12 +351,10 @@ class CompressedMemory:
             raise ValueError(f"exemplars {idx.tolist()[:8]}... have different image sizes "
                              f"{torch.unique(sizes, dim=0).tolist()}; use decode_list()")
         H, W = sizes[0].tolist()
-        h, w = lowres_size(H, W, self.compress_ratio)
-        lr_len = torch.full((idx.numel(),), 3 * h * w, dtype=torch.long)
-        lowres = self._payload[_ranges(self._lowres_off[idx], lr_len)].view(-1, 3, h, w)
         boxes = self._boxes[idx].long()
+        frame = self._payload[_ranges(self._frame_off[idx], 3 * frame_npixels(boxes, H, W, self.compress_ratio))]
         crops = self._payload[_ranges(self._crop_off[idx], 3 * box_areas(boxes))]
-        return decode(lowres, crops, boxes, (H, W))
+        return decode(frame, crops, boxes, (H, W), self.compress_ratio)
 
     def decode_one(self, i: int) -> torch.Tensor:
         """Decode one exemplar: uint8 Tensor(3, H, W)."""
@@ -382,40 +382,81 @@ class CompressedMemory:
         return {"version": _STATE_VERSION, "budget_bytes": self.budget_bytes,
                 "compress_ratio": self.compress_ratio, "payload": self._payload.clone(),
                 "boxes": self._boxes.clone(), "labels": self._labels.clone(), "sizes": self._sizes.clone(),
-                "lowres_off": self._lowres_off.clone(), "crop_off": self._crop_off.clone()}
+                "frame_off": self._frame_off.clone(), "crop_off": self._crop_off.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from :meth:`state_dict`; validates shapes, dtypes and offsets."""
+        """Restore from :meth:`state_dict`; validates shapes, dtypes and offsets.
+
+        A version-1 state (full low-res image per exemplar, key ``lowres_off``) is converted to the
+        current format: its hole pixels are dropped, decoded images are unchanged.
+        """
+        if not isinstance(state, dict) or "version" not in state:
+            raise ValueError("not a CompressedMemory state dict: missing 'version'")
+        version = state["version"]
+        if version not in (1, _STATE_VERSION):
+            raise ValueError(f"unsupported CompressedMemory state version {version!r} (this code reads 1 and "
+                             f"{_STATE_VERSION})")
+        off_key = "lowres_off" if version == 1 else "frame_off"
         keys = {"version", "budget_bytes", "compress_ratio", "payload", "boxes", "labels", "sizes",
-                "lowres_off", "crop_off"}
-        if not isinstance(state, dict) or not keys <= set(state):
-            raise ValueError(f"not a CompressedMemory state dict: missing {sorted(keys - set(state or {}))}")
-        if state["version"] != _STATE_VERSION:
-            raise ValueError(f"unsupported CompressedMemory state version {state['version']}")
+                off_key, "crop_off"}
+        if not keys <= set(state):
+            raise ValueError(f"not a CompressedMemory state dict: missing {sorted(keys - set(state))}")
         spec = {"payload": (torch.uint8, 1), "boxes": (torch.int16, 2), "labels": (torch.long, 1),
-                "sizes": (torch.long, 2), "lowres_off": (torch.long, 1), "crop_off": (torch.long, 1)}
+                "sizes": (torch.long, 2), off_key: (torch.long, 1), "crop_off": (torch.long, 1)}
         for k, (dt, nd) in spec.items():
             t = state[k]
             if not isinstance(t, torch.Tensor) or t.dtype != dt or t.dim() != nd:
                 raise ValueError(f"state[{k!r}] must be a {nd}-D {dt} tensor, got {getattr(t, 'dtype', type(t))}")
         n = state["labels"].numel()
         if not (state["boxes"].shape == (n, 4) and state["sizes"].shape == (n, 2)
-                and state["lowres_off"].numel() == n and state["crop_off"].numel() == n):
+                and state[off_key].numel() == n and state["crop_off"].numel() == n):
             raise ValueError("state tensors disagree on the number of exemplars")
         new = CompressedMemory(state["budget_bytes"], state["compress_ratio"])
         new._payload, new._boxes = state["payload"].cpu().clone(), state["boxes"].cpu().clone()
         new._labels, new._sizes = state["labels"].cpu().clone(), state["sizes"].cpu().clone()
-        new._lowres_off, new._crop_off = state["lowres_off"].cpu().clone(), state["crop_off"].cpu().clone()
+        new._frame_off, new._crop_off = state[off_key].cpu().clone(), state["crop_off"].cpu().clone()
         if n:
-            lr_end = new._lowres_off + new._lowres_len()
-            cr_end = new._crop_off + new._crop_len()
-            if int(new._lowres_off.min()) < 0 or int(new._crop_off.min()) < 0 or \
-                    max(int(lr_end.max()), int(cr_end.max())) > new._payload.numel():
+            if int(new._sizes.min()) <= 0 or int(new._sizes.max()) > _INT16_MAX:
+                raise ValueError("state sizes must be positive image sides")
+            for (H, W), pos in _size_groups(new._sizes):
+                check_boxes(new._boxes[pos], H, W)
+            part_len = new._lowres_len_v1() if version == 1 else new._frame_len()
+            ends = torch.cat([new._frame_off + part_len, new._crop_off + new._crop_len()])
+            if int(new._frame_off.min()) < 0 or int(new._crop_off.min()) < 0 or \
+                    int(ends.max()) > new._payload.numel():
                 raise ValueError("state offsets point outside the payload")
-            if new._payload.numel() != int(new._lowres_len().sum() + new._crop_len().sum()):
+            if new._payload.numel() != int(part_len.sum() + new._crop_len().sum()):
                 raise ValueError("state payload size does not match its exemplars")
+            if version == 1:
+                new._convert_v1()
         self.__dict__.update(new.__dict__)
         self.check_budget()
+
+    def _lowres_len_v1(self) -> torch.Tensor:
+        """Version-1 layout: bytes of each exemplar's full low-res image (3*h*w), int64 Tensor(N,)."""
+        out = torch.zeros(len(self), dtype=torch.long)
+        for (H, W), pos in _size_groups(self._sizes):
+            h, w = lowres_size(H, W, self.compress_ratio)
+            out[pos] = 3 * h * w
+        return out
+
+    def _convert_v1(self) -> None:
+        """Replace version-1 full low-res images (CHW, at ``_frame_off``) by their frames."""
+        frames = [torch.zeros(0, dtype=torch.uint8)] * len(self)
+        fr_len = torch.zeros(len(self), dtype=torch.long)
+        for (H, W), pos in _size_groups(self._sizes):
+            h, w = lowres_size(H, W, self.compress_ratio)
+            lowres = self._payload[_ranges(self._frame_off[pos], torch.full((pos.numel(),), 3 * h * w))]
+            boxes = self._boxes[pos].long()
+            frame = frame_from_lowres(lowres.view(-1, 3, h, w), boxes, (H, W), self.compress_ratio)
+            fr_len[pos] = 3 * frame_npixels(boxes, H, W, self.compress_ratio)
+            for p, f in zip(pos.tolist(), frame.split(fr_len[pos].tolist())):
+                frames[p] = f
+        cr_len = self._crop_len()
+        crops = self._payload[_ranges(self._crop_off, cr_len)]
+        self._payload = torch.cat(frames + [crops])
+        self._frame_off = torch.cumsum(fr_len, 0) - fr_len
+        self._crop_off = int(fr_len.sum()) + torch.cumsum(cr_len, 0) - cr_len
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the memory to one file, atomically (temporary file in the same folder + os.replace)."""

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cim_plugin.boxes import random_boxes
-from cim_plugin.codec import compress, exemplar_nbytes
+from cim_plugin.codec import compress, downsample, exemplar_nbytes, frame_npixels
 from cim_plugin.herding import herding_order
 from cim_plugin.memory import BudgetExceededError, CompressedMemory
 
@@ -52,7 +52,7 @@ def test_budget_property_random():
     n_kept = n_refused = 0
     for trial in range(25):
         ratio = [1.0, 2.0, 4.0, 9.0][trial % 4]
-        budget = int(torch.randint(2_000, 40_000, (1,), generator=g))
+        budget = int(torch.randint(1_000, 40_000, (1,), generator=g))
         mem = CompressedMemory(budget, ratio)
         for c in range(4):
             H, W = [(8, 8), (12, 10), (16, 16)][int(torch.randint(0, 3, (1,), generator=g))]
@@ -161,3 +161,56 @@ def test_one_class_with_mixed_image_sizes():
     first3 = mem.decode_list([0, 1, 2])
     kept = mem.reduce(int(mem.exemplar_nbytes()[:3].sum()))
     assert kept == {1: 3} and all(torch.equal(a, b) for a, b in zip(mem.decode_list(), first3))
+
+
+def test_full_boxes_cost_one_image_plus_box_and_small_boxes_save_their_share():
+    H = W = 16
+    images, feats, _ = _class_data(12, H, W, 0.5, 50)
+    full = torch.tensor([[0, 0, W, H]]).repeat(12, 1)
+    mem = CompressedMemory(10**6, 4.0)
+    mem.select_class(images, feats, full, 0, 10 * (3 * H * W + 8))
+    assert len(mem) == 10 and mem.nbytes == 10 * (3 * H * W + 8)
+    assert bool((mem.exemplar_nbytes() == 3 * H * W + 8).all())
+    assert torch.equal(mem.decode(range(10)), images[herding_order(feats, 10)])
+    # the stored frame excludes the low-res pixels under the box: payload = crops + frames exactly
+    im, f, b = _class_data(12, 32, 32, 0.3, 51)
+    mem.select_class(im, f, b, 1, 10**5)
+    nb = mem.exemplar_nbytes()[mem.labels == 1]
+    bx = mem.boxes[mem.labels == 1]
+    area = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])
+    assert torch.equal(nb, 3 * area + 3 * frame_npixels(bx, 32, 32, 4.0) + 8)
+    assert bool((nb < 3 * area + 3 * 256 + 8).all())          # cheaper than crop + whole low-res image
+    assert mem.nbytes == _bytes_from_meta(mem)
+
+
+def test_load_version1_state_converts_to_frames():
+    mem = CompressedMemory(10**6, 4.0)
+    data = {}
+    for c, (H, W) in enumerate([(12, 10), (16, 16)]):
+        im, f, b = _class_data(8, H, W, 0.4, 60 + c)
+        mem.select_class(im, f, b, c, 10**5)
+        data[c] = im[herding_order(f, 8)]
+    # the previous layout: full low-res image (CHW) of every exemplar, then all crops
+    state = mem.state_dict()
+    lows = [downsample(data[c], 4.0).reshape(8, -1) for c in range(2)]
+    low_all = torch.cat([l.reshape(-1) for l in lows])
+    low_len = torch.tensor([l.shape[1] for l in lows]).repeat_interleave(8)
+    crops = torch.cat([state["payload"][o:o + 3 * int(a)] for o, a in
+                       zip(state["crop_off"].tolist(),
+                           ((mem.boxes[:, 2] - mem.boxes[:, 0]) * (mem.boxes[:, 3] - mem.boxes[:, 1])).tolist())])
+    v1 = {k: v for k, v in state.items() if k != "frame_off"}
+    v1.update(version=1, payload=torch.cat([low_all.reshape(-1), crops]),
+              lowres_off=torch.cumsum(low_len, 0) - low_len)
+    v1["crop_off"] = int(low_len.sum()) + torch.cumsum(mem._crop_len(), 0) - mem._crop_len()
+    back = CompressedMemory(0)
+    back.load_state_dict(v1)
+    assert all(torch.equal(a, b) for a, b in zip(back.decode_list(), mem.decode_list()))
+    assert back.nbytes == mem.nbytes == _bytes_from_meta(back)
+    for k in ("boxes", "labels", "sizes"):
+        assert torch.equal(back.state_dict()[k], state[k])
+    assert back.state_dict()["version"] == 2 and "lowres_off" not in back.state_dict()
+    bad = dict(state, payload=state["payload"][:-1])
+    with pytest.raises(ValueError, match="payload"):
+        back.load_state_dict(bad)
+    with pytest.raises(ValueError, match="version"):
+        back.load_state_dict(dict(state, version=7))
