@@ -9,10 +9,10 @@ from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
 pytestmark = requires_pycil
 
 
-@pytest.mark.parametrize("learner", ["icarl", "der", "foster"])
-def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner):
+@pytest.mark.parametrize("learner,mask", [("icarl", "cam"), ("der", "cim"), ("foster", "cim")])
+def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner, mask):
     # 4 full images per class at the end; 2 epochs so that the CAMs start to localise objects
-    common = dict(synthetic_image_size=48, cim_mask="cam", cam_update_interval=1, memory_size=60)
+    common = dict(synthetic_image_size=48, cim_mask=mask, cam_update_interval=1, memory_size=60)
     if learner == "foster":
         common.update(init_epochs=2, boosting_epochs=2, compression_epochs=1)
     else:
@@ -33,6 +33,8 @@ def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner):
             assert key in pc
         assert 0 < pc["mean_box_fraction"] <= 1
     assert c["phases"][-1]["exemplars"] > b["phases"][-1]["exemplars"]
+    if mask == "cim":  # the adaptive mask model was trained by bilevel steps in every phase
+        assert all(p["meta_steps"] > 0 and 0 < p["mask_mean"] <= 1 for p in c["phases"])
     assert c["phases"][-1]["top1_cnn"] >= 0
 
 

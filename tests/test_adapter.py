@@ -1,0 +1,97 @@
+"""The PyCIL-facing pieces of CIM: CAMs of PyCIL's networks, the image pipeline, learner checks."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import requires_pycil
+
+pytestmark = requires_pycil
+
+
+@pytest.fixture(scope="module")
+def pycil():
+    from cim_plugin.pycil import import_pycil
+
+    import_pycil()
+    import utils.inc_net as inc_net
+
+    return inc_net
+
+
+def _dernet(inc_net, phases=2, classes=3):
+    torch.manual_seed(0)
+    net = inc_net.DERNet({"convnet_type": "resnet32"}, False)
+    for k in range(1, phases + 1):
+        net.update_fc(classes * k)
+    return net.eval()
+
+
+def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
+    from cim_plugin.adapter import fmaps_and_features
+    from cim_plugin.cam import cam_from_feature_maps, minmax_normalize
+
+    net = _dernet(pycil)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 2, 4, 5])
+    with torch.no_grad():
+        fmaps, features, weight = fmaps_and_features(net, x)
+        assert len(fmaps) == 2 and weight.shape == (6, 128)
+        assert torch.allclose(features, net.extract_vector(x))
+        cam = cam_from_feature_maps(fmaps, weight, y, out_size=(32, 32))
+        # by hand: each backbone's own map with its slice of the class row, summed
+        raw = sum(
+            torch.einsum("bc,bchw->bhw", weight[y, 64 * k : 64 * (k + 1)], net.convnets[k](x)["fmaps"][-1])
+            for k in range(2)
+        )
+        raw = torch.nn.functional.interpolate(raw[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(cam, minmax_normalize(raw), atol=1e-5)
+    assert cam.shape == (4, 32, 32) and float(cam.min()) >= 0 and float(cam.max()) <= 1
+
+
+def test_fmap_view_gives_the_networks_logits(pycil):
+    from cim_plugin.adapter import FmapView
+
+    net = _dernet(pycil)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(FmapView(net)(x)["logits"], net(x)["logits"], atol=1e-6)
+
+
+def test_cim_branch_grows_with_a_new_backbone(pycil):
+    from cim_plugin.adapter import FmapView
+    from cim_plugin.cim_branch import CIMBranch
+
+    x = torch.randn(2, 3, 32, 32)
+    branch = CIMBranch()
+    one = branch.ensure_sites(FmapView(_dernet(pycil, phases=1)), x)
+    two = branch.ensure_sites(FmapView(_dernet(pycil, phases=2)), x)
+    assert one == 31 and two == 62  # resnet32 has 31 ReLU call sites per backbone
+
+
+def test_pipeline_batched_input_equals_pycil_test_transform():
+    from cim_plugin.adapter import ImagePipeline
+    from torchvision import transforms
+
+    class DM:
+        use_path = False
+        _train_trsf = [transforms.RandomCrop(16, padding=2), transforms.ToTensor()]
+        _test_trsf = [transforms.ToTensor()]
+        _common_trsf = [transforms.Normalize((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))]
+
+    pipe = ImagePipeline(DM)
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    stored = pipe.load_many(images)
+    assert stored.dtype == torch.uint8 and stored.shape == (5, 3, 16, 16)
+    reference = torch.stack([transforms.Compose(DM._test_trsf + DM._common_trsf)(Image.fromarray(i)) for i in images])
+    assert torch.allclose(pipe.to_input(stored, "cpu"), reference, atol=1e-6)
+
+
+def test_learners_without_memory_are_detected(pycil):
+    from cim_plugin.adapter import keeps_memory
+    from cim_plugin.pycil import learner_class
+
+    assert keeps_memory(learner_class("icarl")) and keeps_memory(learner_class("der"))
+    assert keeps_memory(learner_class("foster"))
+    assert not keeps_memory(learner_class("lwf")) and not keeps_memory(learner_class("finetune"))
