@@ -1,0 +1,228 @@
+"""The benchmark's figures (matplotlib, Agg backend, no display needed).
+
+Each function takes plain arrays (numpy or torch, CPU) already reduced over seeds and writes one
+PNG (``dpi`` 170 by default). Nothing here reads run folders; :mod:`cim_plugin.benchmark` does.
+
+Panel descriptions are plain dicts so that callers and tests can build them by hand:
+
+* curve panel: ``{"title": str, "lines": [{"label", "x", "mean", "std"}]}`` with x the number
+  of classes seen after each phase and mean/std the top-1 accuracy (%) over seeds (std may hold
+  NaN where one seed only).
+* memory panel: ``{"title": str, "bars": [{"label", "mean", "std"}]}`` with mean/std float
+  arrays (C,) of exemplars held per class after the last phase; optional "xlabel" (default
+  "class (incremental id)") and "ticklabels" (C strings, shown when C <= 30).
+* exemplar column: ``{"title": str, "original": uint8 (3,H,W) or None, "cam": float (H,W) in
+  [0,1] or None, "box": int (4,) x0,y0,x1,y1 exclusive, "true_box": int (4,) or None,
+  "decoded": uint8 (3,H,W) or None}``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+DPI = 170
+BASELINE_COLOUR = "#444444"
+_STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False}
+
+
+def variant_colours(labels: Sequence[str]) -> Dict[str, str]:
+    """A stable colour per variant label: the baseline grey, CIM variants from tab10 in order."""
+    cmap = plt.get_cmap("tab10")
+    out, k = {}, 0
+    for label in labels:
+        if label in out:
+            continue
+        if label == "baseline":
+            out[label] = BASELINE_COLOUR
+        else:
+            out[label] = cmap(k % 10)
+            k += 1
+    return out
+
+
+def _as_np(a, dtype=None) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=dtype)
+
+
+def _grid(n: int, max_cols: int = 3):
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _check_panels(panels, key: str, what: str) -> None:
+    if not isinstance(panels, (list, tuple)) or not panels:
+        raise ValueError(f"{what} needs a non-empty list of panels, got {type(panels).__name__}")
+    for p in panels:
+        if not isinstance(p, dict) or key not in p or "title" not in p:
+            raise ValueError(f'each {what} panel must be a dict with "title" and "{key}", got {p!r:.80}')
+
+
+def plot_curves(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Path:
+    """Top-1 accuracy (%) after each phase vs classes seen: mean line, +-std band, one panel each."""
+    _check_panels(panels, "lines", "plot_curves")
+    labels = [line["label"] for p in panels for line in p["lines"]]
+    colours = variant_colours(labels)
+    rows, cols = _grid(len(panels))
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        for ax, panel in zip(axes.flat, panels):
+            for line in panel["lines"]:
+                x = _as_np(line["x"], float)
+                mean = _as_np(line["mean"], float)
+                std = np.nan_to_num(_as_np(line["std"], float), nan=0.0)
+                c = colours[line["label"]]
+                ls = "--" if line["label"] == "baseline" else "-"
+                ax.plot(x, mean, ls, marker="o", ms=3.5, lw=1.6, color=c, label=line["label"])
+                if std.any():
+                    ax.fill_between(x, mean - std, mean + std, color=c, alpha=0.18, lw=0)
+            ax.set_title(panel["title"])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("classes seen")
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.grid(alpha=0.3, lw=0.5)
+            ax.legend(frameon=False, loc="best")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle("Accuracy per phase (mean ± std over seeds)", fontsize=12)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_memory(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Path:
+    """Exemplars held per class after the last phase, one bar series per variant, one panel each."""
+    _check_panels(panels, "bars", "plot_memory")
+    labels = [b["label"] for p in panels for b in p["bars"]]
+    colours = variant_colours(labels)
+    rows, cols = _grid(len(panels), 2)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.2 * rows), squeeze=False)
+        for ax, panel in zip(axes.flat, panels):
+            bars = panel["bars"]
+            width = 0.85 / max(len(bars), 1)
+            n_cls = max((len(_as_np(b["mean"])) for b in bars), default=0)
+            top = 0.0
+            for k, bar in enumerate(bars):
+                mean = _as_np(bar["mean"], float)
+                std = _as_np(bar.get("std", np.full_like(mean, np.nan)), float)
+                x = np.arange(len(mean)) + (k - (len(bars) - 1) / 2) * width
+                err = None if not np.isfinite(std).any() else np.nan_to_num(std, nan=0.0)
+                top = max(top, float(np.nanmax(mean + (0 if err is None else err), initial=0.0)))
+                ax.bar(x, mean, width=width, color=colours[bar["label"]], label=bar["label"],
+                       yerr=err, error_kw={"lw": 0.6, "capsize": 0})
+            ax.set_title(panel["title"])
+            ax.set_xlabel(panel.get("xlabel", "class (incremental id)"))
+            ax.set_ylabel("exemplars held")
+            ax.set_xlim(-0.6, n_cls - 0.4)
+            ax.set_ylim(0, max(top, 1.0) * 1.3)  # headroom for the legend
+            if n_cls <= 30:
+                ax.set_xticks(np.arange(n_cls))
+                if panel.get("ticklabels") is not None:
+                    ax.set_xticklabels(panel["ticklabels"])
+            ax.grid(axis="y", alpha=0.3, lw=0.5)
+            ax.legend(frameon=False, loc="upper left", ncol=min(len(bars), 4))
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle("Exemplars per class after the last phase (mean over seeds)", fontsize=12)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return Path(path)
+
+
+def _hwc(img) -> np.ndarray:
+    a = _as_np(img)
+    if a.ndim != 3 or a.shape[0] != 3:
+        raise ValueError(f"images must be uint8 (3, H, W), got shape {a.shape}")
+    return np.transpose(a, (1, 2, 0))
+
+
+def _draw_box(ax, box, colour, style="-") -> None:
+    x0, y0, x1, y1 = (float(v) for v in _as_np(box).reshape(4))
+    # pixel centres are at integers: the box covers [x0, x1) -> edges at x0 - 0.5 .. x1 - 0.5
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=1.6, ls=style))
+
+
+def _blank(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
+
+
+ROW_LABELS = ("original", "CAM overlay", "mask box", "decoded (stored)")
+
+
+def plot_exemplars(columns: List[Dict[str, Any]], path: Path, title: str = "", dpi: int = DPI) -> Path:
+    """Grid of exemplars: one column per exemplar, rows original / CAM / box / decoded image.
+
+    The box row shows the stored box (solid, yellow) over the original and, where known, the
+    true object box (dashed, cyan).
+    """
+    if not isinstance(columns, (list, tuple)) or not columns:
+        raise ValueError("plot_exemplars needs a non-empty list of exemplar columns")
+    n = len(columns)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(4, n, figsize=(1.9 * n + 0.9, 8.0), squeeze=False)
+        for j, col in enumerate(columns):
+            base = col.get("original")
+            if base is None:
+                base = col.get("decoded")
+            img = None if base is None else _hwc(base)
+            # row 0: original
+            ax = axes[0, j]
+            if col.get("original") is not None:
+                ax.imshow(_hwc(col["original"]), interpolation="nearest")
+            else:
+                _blank(ax, "original\nnot available")
+            ax.set_title(col.get("title", ""), fontsize=9)
+            # row 1: CAM heat-map over the image
+            ax = axes[1, j]
+            cam = col.get("cam")
+            if cam is not None and img is not None:
+                ax.imshow(img.mean(axis=2), cmap="gray", interpolation="nearest")
+                ax.imshow(_as_np(cam, float), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            else:
+                _blank(ax, "no CAM stored")
+            # row 2: box
+            ax = axes[2, j]
+            if img is not None:
+                ax.imshow(img, interpolation="nearest")
+                if col.get("true_box") is not None:
+                    _draw_box(ax, col["true_box"], "cyan", "--")
+                if col.get("box") is not None:
+                    _draw_box(ax, col["box"], "yellow")
+            else:
+                _blank(ax, "no image")
+            # row 3: decoded compressed exemplar
+            ax = axes[3, j]
+            if col.get("decoded") is not None:
+                ax.imshow(_hwc(col["decoded"]), interpolation="nearest")
+            else:
+                _blank(ax, "memory.pt\nnot available")
+        for i, label in enumerate(ROW_LABELS):
+            axes[i, 0].set_ylabel(label, fontsize=10)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        if title:
+            fig.suptitle(title, fontsize=11)
+        fig.text(0.5, 0.005, "box row: stored mask box (solid yellow), true object box (dashed cyan)",
+                 ha="center", fontsize=8, color="0.3")
+        fig.tight_layout(rect=(0, 0.02, 1, 1))
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return Path(path)

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Benchmark CIM against the baseline: every config with "cim" off and on, same seeds.
+
+    python exps/benchmark.py exps/icarl_cim.json exps/der_cim.json --seeds 1993 1994 1995 --out runs/bench
+    python exps/benchmark.py ... --out runs/bench --resume        # go on after an interruption
+    python exps/benchmark.py --report-only --out runs/bench       # rebuild tables and figures
+
+Writes DIR/summary.md, summary.csv, curves.png, memory.png, exemplars.png and one run folder per
+(config, variant, seed). Exit status: 0 all runs finished, 1 some failed, 2 bad input.
+"""
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cim_plugin.config import CIM_MASK_MODES  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="exps/benchmark.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("configs", nargs="*", metavar="CONFIG.json", help="PyCIL JSON config(s); several give one table")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds (default 1993 1994 1995)")
+    p.add_argument("--out", type=Path, default=None, help="benchmark folder (default runs/benchmark_<configs>_<time>)")
+    p.add_argument("--mask-modes", nargs="+", choices=CIM_MASK_MODES, metavar="MODE",
+                   help=f"one CIM variant per mask mode ({', '.join(CIM_MASK_MODES)}); default: the config's "
+                        f'"cim_mask", else one "cim" variant')
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the benchmark in --out (finished runs are kept)")
+    mode.add_argument("--overwrite", action="store_true", help="replace the benchmark in --out")
+    mode.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures of --out")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from cim_plugin.benchmark import run_benchmark
+    from cim_plugin.config import ConfigError
+    from cim_plugin.datasets import DatasetLayoutError
+    from cim_plugin.pycil import PyCILMissing
+
+    # SIGTERM -> SystemExit, so the run in progress is terminated with the benchmark (no orphan)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.resume and args.out is None:
+        print("error: --resume needs --out DIR (the benchmark folder to continue)", file=sys.stderr)
+        return 2
+    try:
+        return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,
+                             resume=args.resume, overwrite=args.overwrite, report_only=args.report_only)
+    except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

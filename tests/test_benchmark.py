@@ -1,0 +1,296 @@
+"""The benchmark: report numbers on fabricated run folders, folder refusals, resume, the CLI."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, requires_pycil, tiny_config, write_config
+
+from cim_plugin import benchmark as bm
+from cim_plugin.config import ConfigError
+from cim_plugin.memory import CompressedMemory
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_results(run_dir, *, learner="icarl", cim=False, seed=1, aia=50.0, last=40.0, wall=10.0,
+                 counts=(4, 4, 4, 4), top1=(60.0, 40.0), config=None, finished=True):
+    """A results.json as the runner writes it (only the fields the report reads)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config or {"dataset": "synthetic", "model_name": learner}, cim=cim, seed=seed)
+    n = len(top1)
+    phases = [{"phase": i, "classes": 2 * (i + 1), "top1_cnn": t, "top1_nme": None, "exemplars": sum(counts),
+               "memory_bytes": 900, "memory_budget_bytes": 1000, "image_bytes": 100, "wall_s": wall / n,
+               "exemplars_per_class": {"min": min(counts), "mean": float(np.mean(counts)), "max": max(counts)},
+               "exemplars_per_class_counts": list(counts)} for i, t in enumerate(top1)]
+    res = {"config": cfg, "learner": learner, "dataset": cfg["dataset"], "seed": seed, "cim": cim, "phases": phases,
+           "avg_incremental_accuracy_cnn": aia, "avg_incremental_accuracy_nme": None, "forgetting_cnn": 5.0,
+           "last_top1_cnn": last, "wall_s": wall, "finished": finished}
+    (run_dir / "results.json").write_text(json.dumps(res))
+    return res
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return {(r["config"], r["variant"]): r for r in csv.DictReader(fh)}
+
+
+def test_report_numbers_mean_std_gain_and_time_ratio(tmp_path):
+    base = {1: (40.0, 30.0, 10.0), 2: (44.0, 34.0, 10.0)}
+    cim = {1: (45.0, 33.0, 12.0), 2: (51.0, 35.0, 14.0), 3: (48.0, 34.0, 100.0)}  # seed 3 has no baseline
+    for seed, (aia, last, wall) in base.items():
+        fake_results(tmp_path / "icarl_x" / "baseline" / f"seed_{seed}", seed=seed, aia=aia, last=last, wall=wall)
+    for seed, (aia, last, wall) in cim.items():
+        fake_results(tmp_path / "icarl_x" / "cim" / f"seed_{seed}", seed=seed, aia=aia, last=last, wall=wall,
+                     cim=True, counts=(8, 8, 6, 10))
+    fake_results(tmp_path / "icarl_x" / "cim" / "seed_4", seed=4, aia=0.0, cim=True, finished=False)  # left out
+
+    written = bm.build_report(tmp_path, dataset_loader=lambda config: None)
+    rows = read_csv(tmp_path / "summary.csv")
+    b, c = rows[("icarl_x", "baseline")], rows[("icarl_x", "cim")]
+    assert float(b["aia_cnn_mean"]) == pytest.approx(42.0)
+    assert float(b["aia_cnn_std"]) == pytest.approx(math.sqrt(8.0))  # sample std (ddof 1)
+    assert b["gain_aia_cnn_mean"] == "" and b["time_ratio"] == ""
+    assert int(c["n_seeds"]) == 3 and float(c["aia_cnn_mean"]) == pytest.approx(48.0)
+    assert int(c["n_paired"]) == 2
+    assert float(c["gain_aia_cnn_mean"]) == pytest.approx(6.0)  # paired diffs 5 and 7
+    assert float(c["gain_aia_cnn_std"]) == pytest.approx(math.sqrt(2.0))
+    assert float(c["gain_last_top1_cnn_mean"]) == pytest.approx(2.0)  # diffs 3 and 1
+    assert float(c["time_ratio"]) == pytest.approx(26.0 / 20.0)
+    assert float(c["exemplars_per_class_mean"]) == pytest.approx(8.0)
+    assert float(c["memory_use"]) == pytest.approx(0.9)
+    md = (tmp_path / "summary.md").read_text()
+    assert "+6.00 ± 1.41" in md and "| 1.30 |" in md
+    for name in ("curves.png", "memory.png"):
+        data = written[name].read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000
+    assert "exemplars.png" not in written  # no exemplars.pt in the fabricated runs
+
+
+def test_single_seed_has_no_std_and_empty_folder_gives_a_stub(tmp_path):
+    assert bm.mean_std([3.0]) == (3.0, pytest.approx(float("nan"), nan_ok=True), 1)
+    assert bm.fmt(*bm.mean_std([3.0])[:2]) == "3.00"
+    assert bm.fmt(float("nan")) == "—"
+    written = bm.build_report(tmp_path)
+    assert "No finished run" in written["summary.md"].read_text()
+
+
+SYN = {"dataset": "synthetic", "model_name": "icarl", "synthetic_image_size": 32, "synthetic_num_classes": 6,
+       "synthetic_train_per_class": 6, "synthetic_test_per_class": 6}
+
+
+def _cim_artifacts(run_dir, idata, order, boxes_fn, counts):
+    """exemplars.pt, memory.pt and predictions.npz of a fabricated CIM run (first `counts[k]` train
+    images of the class with incremental id k)."""
+    targets = np.asarray(idata.train_targets)
+    labels, sources = [], []
+    memory = CompressedMemory(10 ** 7, 4.0)
+    for k, n in enumerate(counts):
+        src = np.where(targets == order[k])[0][:n]
+        images = torch.from_numpy(idata.train_data[src]).permute(0, 3, 1, 2).contiguous()
+        memory.select_class(images, torch.eye(n, 8), boxes_fn(src), k, 10 ** 6)
+        labels += [k] * n
+        sources += src.tolist()
+    source = torch.tensor(sources)
+    torch.save({"labels": torch.tensor(labels), "source_index": source, "boxes": memory.boxes.long(),
+                "cam_index": torch.arange(len(labels)), "cams": torch.rand(len(labels), 32, 32).half()},
+               run_dir / "exemplars.pt")
+    memory.save(run_dir / "memory.pt")
+
+
+def test_object_size_tables_box_iou_and_exemplar_grid(tmp_path):
+    idata = bm.load_dataset(SYN)
+    info = bm.size_info(idata)
+    assert info is not None and info.thresholds[0] < info.thresholds[1]
+    order = np.array([3, 0, 5, 1, 4, 2])  # incremental id -> original label
+    groups = np.array([info.class_group[int(c)] for c in order])
+    counts = [int(2 + 2 * g) for g in groups]  # small 2, medium 4, large 6 per class
+    test_targets = np.asarray(idata.test_targets)
+    inv = np.argsort(order)
+    test_index = np.concatenate([np.where(test_targets == order[k])[0] for k in range(6)])
+    y_true = inv[test_targets[test_index]]
+    assert np.bincount(groups, minlength=3).tolist() == [2, 2, 2]  # terciles of 6 class sizes
+    small = groups[y_true] == 0
+    y_pred = np.where(small, y_true, (y_true + 1) % 6)  # right exactly on the small-object classes
+    true_boxes = torch.as_tensor(idata.train_boxes)
+    modes = {"cim-cam": lambda src: true_boxes[src],
+             "cim-center": lambda src: torch.tensor([[0, 0, 32, 32]] * len(src))}
+    for variant, boxes_fn in {"baseline": None, **modes}.items():
+        run_dir = tmp_path / "icarl_syn" / variant / "seed_1"
+        cfg = dict(SYN, cim_mask=variant[4:]) if boxes_fn else SYN
+        fake_results(run_dir, cim=boxes_fn is not None, counts=counts if boxes_fn else [3] * 6, config=cfg,
+                     top1=(50.0, 50.0, 50.0))
+        np.savez(run_dir / "predictions.npz", y_pred=y_pred, y_true=y_true, test_index=test_index, class_order=order)
+        if boxes_fn:
+            _cim_artifacts(run_dir, idata, order, boxes_fn, counts)
+
+    runs = bm.collect_runs(tmp_path)
+    split = bm.size_split(runs[("icarl_syn", "cim-cam")], info)
+    assert [m for m, _ in split["exemplars"]] == pytest.approx([2.0, 4.0, 6.0])
+    assert split["accuracy"][0][0] == pytest.approx(100.0)
+    assert split["accuracy"][1][0] == pytest.approx(0.0) and split["accuracy"][2][0] == pytest.approx(0.0)
+
+    iou_true = bm.box_iou_of_run(runs[("icarl_syn", "cim-cam")][1]["_dir"], idata)
+    assert iou_true[0] == pytest.approx(1.0) and iou_true[1] == pytest.approx(iou_true[2])
+    iou_full = bm.box_iou_of_run(runs[("icarl_syn", "cim-center")][1]["_dir"], idata)
+    assert iou_full[1] == pytest.approx(1.0)
+    assert iou_full[0] == pytest.approx(iou_full[2], abs=1e-6)  # whole image: IoU = true area fraction
+
+    written = bm.build_report(tmp_path)
+    md = written["summary.md"].read_text()
+    assert "## By object size" in md and "terciles" in md
+    assert "| icarl_syn | cim-cam | cam | 1.000 |" in md
+    data = written["exemplars.png"].read_bytes()
+    assert data.startswith(PNG) and len(data) > 10000
+
+
+def test_exemplar_columns_hold_original_cam_box_and_decoded(tmp_path):
+    idata = bm.load_dataset(SYN)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    order = np.arange(6)
+    _cim_artifacts(run_dir, idata, order, lambda src: torch.as_tensor(idata.train_boxes)[src], [2] * 6)
+    columns, _ = bm.exemplar_columns(str(run_dir), idata, n_classes=3)
+    assert len(columns) == 3
+    for col in columns:
+        assert col["original"].shape == (3, 32, 32) and col["original"].dtype == np.uint8
+        assert col["decoded"].shape == (3, 32, 32) and col["cam"].shape == (32, 32)
+        np.testing.assert_array_equal(col["box"], col["true_box"])
+        x0, y0, x1, y1 = col["box"]
+        # inside the box the stored exemplar is lossless
+        np.testing.assert_array_equal(col["decoded"][:, y0:y1, x0:x1], col["original"][:, y0:y1, x0:x1])
+
+
+def test_variants_and_mask_modes():
+    assert list(bm.variants_for({})) == ["baseline", "cim"]
+    assert bm.variants_for({"cim_mask": "cam"})["cim-cam"] == {"cim": True, "cim_mask": "cam"}
+    v = bm.variants_for({"cim_mask": "cam"}, ["random", "center", "random"])
+    assert list(v) == ["baseline", "cim-random", "cim-center"]
+    with pytest.raises(ConfigError, match="unknown mask mode"):
+        bm.variants_for({}, ["boxes"])
+
+
+# ---------------------------------------------------------------------------- orchestration
+class FakeRunner:
+    """Stands in for `exps/run.py`: writes a finished results.json from the run's config.json."""
+
+    def __init__(self, fail=()):
+        self.calls, self.fail = [], set(fail)
+
+    def __call__(self, spec, resume):
+        self.calls.append((spec.name, resume))
+        config = json.loads((spec.dir / "config.json").read_text())
+        if spec.name in self.fail:
+            (spec.dir / "console.log").write_text("error: something broke\n")
+            return 2
+        fake_results(spec.dir, cim=config["cim"], seed=config["seed"][0], aia=50.0 + 5 * config["cim"],
+                     config=config)
+        return 0
+
+
+def _bench(paths, out, **kw):
+    messages = []
+    kw.setdefault("runner", FakeRunner())
+    rc = bm.run_benchmark(paths, out_dir=out, echo=messages.append, warn=lambda m: messages.append("W " + m), **kw)
+    return rc, messages
+
+
+@requires_pycil
+def test_benchmark_overrides_cim_and_refuses_foreign_folders(tmp_path):
+    cfg = write_config(tmp_path / "icarl_t.json", tiny_config(cim=True))
+    out = tmp_path / "bench"
+    runner = FakeRunner()
+    rc, messages = _bench([cfg], out, seeds=[1, 2], runner=runner)
+    assert rc == 0
+    assert any(m.startswith("W ") and '"cim"' in m and "overridden" in m for m in messages)
+    assert len(runner.calls) == 4 and not any(r for _, r in runner.calls)
+    for seed in (1, 2):
+        for variant, flag in (("baseline", False), ("cim", True)):
+            config = json.loads((out / "icarl_t" / variant / f"seed_{seed}" / "config.json").read_text())
+            assert config["cim"] is flag and config["seed"] == [seed]
+            assert {k: v for k, v in config.items() if k not in ("cim", "seed")} == \
+                {k: v for k, v in tiny_config().items() if k != "seed"}
+    assert any("done in" in m and "avg inc acc" in m for m in messages)
+    rows = read_csv(out / "summary.csv")
+    assert float(rows[("icarl_t", "cim")]["gain_aia_cnn_mean"]) == pytest.approx(5.0)
+
+    with pytest.raises(ConfigError, match="already holds a benchmark"):
+        _bench([cfg], out, seeds=[1, 2])
+    (tmp_path / "other").mkdir()
+    other = write_config(tmp_path / "other" / "icarl_t.json", tiny_config(epochs=3, memory_size=40))
+    with pytest.raises(ConfigError, match=r"keys \['epochs', 'memory_size'\] differ"):
+        _bench([other], out, seeds=[1, 2], resume=True)
+    with pytest.raises(ConfigError, match="seeds"):
+        _bench([cfg], out, seeds=[1, 3], resume=True)
+    (tmp_path / "notbench").mkdir()
+    (tmp_path / "notbench" / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="holds no benchmark"):
+        _bench([cfg], tmp_path / "notbench", seeds=[1], overwrite=True)
+
+
+@requires_pycil
+def test_resume_skips_finished_runs_and_overwrite_replaces(tmp_path):
+    cfg = write_config(tmp_path / "icarl_t.json", tiny_config())
+    out = tmp_path / "bench"
+    runner = FakeRunner(fail={"icarl_t/cim/seed_1"})
+    rc, messages = _bench([cfg], out, seeds=[1], runner=runner)
+    assert rc == 1 and any("FAILED (exit 2): error: something broke" in m for m in messages)
+    assert "not finished" in (out / "summary.md").read_text()
+
+    runner = FakeRunner()
+    rc, messages = _bench([cfg], out, seeds=[1], runner=runner, resume=True)
+    assert rc == 0 and runner.calls == [("icarl_t/cim/seed_1", True)]
+    assert any("skipped" in m for m in messages)
+
+    marker = out / "icarl_t" / "baseline" / "seed_1" / "stale.txt"
+    marker.write_text("old")
+    runner = FakeRunner()
+    rc, _ = _bench([cfg], out, seeds=[1], runner=runner, overwrite=True)
+    assert rc == 0 and len(runner.calls) == 2 and not marker.exists()
+
+
+def _cli(*args, timeout=120):
+    """Run exps/benchmark.py; on timeout its whole process group (the runs too) is killed."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "exps" / "benchmark.py"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_cli_unknown_learner_is_a_one_line_error(tmp_path):
+    cfg = write_config(tmp_path / "bad.json", tiny_config(model_name="icarll"))
+    result = _cli(cfg, "--out", tmp_path / "out", "--seeds", "1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and 'unknown "model_name"' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@requires_pycil
+def test_tiny_end_to_end_benchmark(tmp_path):
+    cfg = write_config(tmp_path / "tiny.json", tiny_config(synthetic_image_size=48, memory_size=60,
+                                                           cim_mask="cam", cam_update_interval=1))
+    out = tmp_path / "bench"
+    result = _cli(cfg, "--out", out, "--seeds", "1993", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = read_csv(out / "summary.csv")
+    assert set(rows) == {("tiny", "baseline"), ("tiny", "cim-cam")}
+    for name in ("summary.md", "curves.png", "memory.png", "exemplars.png"):
+        assert (out / name).stat().st_size > 0
+    assert "## Mask boxes vs true object boxes" in (out / "summary.md").read_text()
+    result = _cli("--report-only", "--out", out)
+    assert result.returncode == 0, result.stderr
