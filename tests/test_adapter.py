@@ -95,3 +95,35 @@ def test_learners_without_memory_are_detected(pycil):
     assert keeps_memory(learner_class("icarl")) and keeps_memory(learner_class("der"))
     assert keeps_memory(learner_class("foster"))
     assert not keeps_memory(learner_class("lwf")) and not keeps_memory(learner_class("finetune"))
+
+
+def test_compression_augmentation_replaces_images_by_their_compressed_version():
+    from cim_plugin.adapter import CompressAugmentDataset, ImagePipeline
+    from cim_plugin.codec import compress
+    from torchvision import transforms
+
+    class DM:
+        use_path = False
+        _train_trsf = []
+        _test_trsf = [transforms.ToTensor()]
+        _common_trsf = []
+
+    class Base(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images, self.labels = images, np.zeros(len(images), dtype=np.int64)
+            self.trsf = transforms.ToTensor()
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return i, self.trsf(Image.fromarray(self.images[i])), self.labels[i]
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    data = CompressAugmentDataset(Base(images), ImagePipeline(DM), compress_ratio=4.0)
+    assert torch.equal(data[0][1], Base(images)[0][1])  # no boxes yet: untouched
+    data.boxes = torch.tensor([[4, 4, 10, 10]] * 3)
+    data.prob = 1.0
+    expected = compress(torch.from_numpy(images[1]).permute(2, 0, 1)[None], data.boxes[1:2], 4.0)[0]
+    assert torch.equal((data[1][1] * 255).round().to(torch.uint8), expected)
+    assert not torch.equal(data[1][1], Base(images)[1][1])

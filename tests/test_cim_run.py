@@ -50,3 +50,20 @@ def test_budget_too_small_is_a_clear_error(tmp_path):
     result = run_cli([cfg, "--out", tmp_path / "out"])
     assert result.returncode == 2
     assert "memory budget too small" in result.stderr
+
+
+@pytest.mark.parametrize("learner", ["wa", "replay"])
+def test_other_rehearsal_learners_run_with_cim(tmp_path, learner):
+    cfg = write_config(tmp_path / "c.json", tiny_learner_config(learner, cim=True, cim_mask="cam", memory_size=45,
+                                                                synthetic_num_classes=10, init_cls=5, increment=5))
+    result = run_cli([cfg, "--out", tmp_path / "out"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    phases = json.loads((tmp_path / "out" / "results.json").read_text())["phases"]
+    assert len(phases) == 2 and all(p["memory_bytes"] <= p["memory_budget_bytes"] for p in phases)
+
+
+def test_unsupported_rehearsal_learner_is_refused(tmp_path):
+    cfg = write_config(tmp_path / "c.json", tiny_learner_config("podnet", cim=True))
+    result = run_cli([cfg, "--out", tmp_path / "out"])
+    assert result.returncode == 2
+    assert "not supported" in result.stderr
