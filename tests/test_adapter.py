@@ -7,9 +7,6 @@ from PIL import Image
 
 from conftest import requires_pycil
 
-pytestmark = requires_pycil
-
-
 @pytest.fixture(scope="module")
 def pycil():
     from cim_plugin.pycil import import_pycil
@@ -28,6 +25,7 @@ def _dernet(inc_net, phases=2, classes=3):
     return net.eval()
 
 
+@requires_pycil
 def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
     from cim_plugin.adapter import fmaps_and_features
     from cim_plugin.cam import cam_from_feature_maps, minmax_normalize
@@ -50,6 +48,7 @@ def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
     assert cam.shape == (4, 32, 32) and float(cam.min()) >= 0 and float(cam.max()) <= 1
 
 
+@requires_pycil
 def test_fmap_view_gives_the_networks_logits(pycil):
     from cim_plugin.adapter import FmapView
 
@@ -59,6 +58,7 @@ def test_fmap_view_gives_the_networks_logits(pycil):
         assert torch.allclose(FmapView(net)(x)["logits"], net(x)["logits"], atol=1e-6)
 
 
+@requires_pycil
 def test_cim_branch_grows_with_a_new_backbone(pycil):
     from cim_plugin.adapter import FmapView
     from cim_plugin.cim_branch import CIMBranch
@@ -88,6 +88,7 @@ def test_pipeline_batched_input_equals_pycil_test_transform():
     assert torch.allclose(pipe.to_input(stored, "cpu"), reference, atol=1e-6)
 
 
+@requires_pycil
 def test_learners_without_memory_are_detected(pycil):
     from cim_plugin.adapter import keeps_memory
     from cim_plugin.pycil import learner_class
