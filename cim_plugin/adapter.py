@@ -424,7 +424,12 @@ class CIMMixin:
         features, cams = self._forward_chunks(images, labels)
         mode = self._cim_cfg["cim_mask"]
         if mode == "cim" and self._cim_branch is not None:
-            cams = self._branch_cams(images, labels)
+            learned = self._branch_cams(images, labels)
+            # A learned CAM that carries no location (constant or non-finite) falls back to the CIL
+            # model's CAM for that image, rather than to a whole-image box.
+            flat = learned.flatten(1)
+            usable = torch.isfinite(flat).all(1) & ((flat.amax(1) - flat.amin(1)) > 0)
+            cams = torch.where(usable[:, None, None], learned.nan_to_num(0.0), cams)
         boxes = cam_to_boxes(cams, self._cim_cfg["mask_threshold"])
         H, W = images.shape[-2:]
         if mode in ("random", "center"):

@@ -212,8 +212,13 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         for p, g in zip(phi, phi_grads):
             p.grad = torch.zeros_like(p) if g is None else g.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(phi, max_norm)
-        phi_optimizer.step()
+        skipped = not (bool(torch.isfinite(outer.detach())) and bool(torch.isfinite(grad_norm)))
+        if skipped:  # a non-finite objective or gradient never reaches φ (one NaN would poison every PAU)
+            phi_optimizer.zero_grad(set_to_none=True)
+        else:
+            phi_optimizer.step()
         return {
+            "skipped": float(skipped),
             "outer": float(outer.detach()), "outer_ce": float(outer_ce.detach()), "inner": float(loss_in.detach()),
             "div": float(div.detach()), "reg": float(reg.detach()), "mask_mean": float(mask.detach().float().mean()),
             "phi_grad_norm": float(grad_norm),

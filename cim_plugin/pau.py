@@ -28,6 +28,8 @@ __all__ = ["PAU", "relu_fit_coefficients", "pade", "NUM_DEGREE", "DEN_DEGREE", "
 NUM_DEGREE = 5
 DEN_DEGREE = 4
 FIT_RANGE = 3.0
+TAIL_START = 8.0  # |x| beyond which a PAU continues linearly (see PAU.forward)
+TAIL_STEP = 0.01
 
 
 def pade(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -143,8 +145,20 @@ class PAU(nn.Module):
                             f"{getattr(x, 'dtype', type(x).__name__)}; cast it with .float() first")
         compute = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = pade(x.to(compute), self.numerator.to(device=x.device, dtype=compute),
-                     self.denominator.to(device=x.device, dtype=compute))
+            xc = x.to(compute)
+            a = self.numerator.to(device=x.device, dtype=compute)
+            b = self.denominator.to(device=x.device, dtype=compute)
+            inner = xc.clamp(-TAIL_START, TAIL_START)
+            y = pade(inner, a, b)
+            # Beyond +-TAIL_START the unit continues linearly with its own slope there (a secant over
+            # TAIL_STEP): the rational part never sees huge inputs, so x^5 cannot overflow and one
+            # bad batch cannot turn phi into NaN. Inside the interval nothing changes.
+            ends = torch.tensor([-TAIL_START, -TAIL_START + TAIL_STEP, TAIL_START - TAIL_STEP, TAIL_START],
+                                dtype=compute, device=x.device)
+            v = pade(ends, a, b)
+            low, high = (v[1] - v[0]) / TAIL_STEP, (v[3] - v[2]) / TAIL_STEP
+            over = xc - inner
+            y = y + torch.where(over > 0, high, low) * over
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -243,3 +243,27 @@ def test_meta_step_on_pycil_resnet32_leaves_theta_and_buffers():
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters()) and net.training
     assert sum(not torch.equal(a, b) for a, b in zip(phi, branch.parameters())) == 62
+
+
+def test_non_finite_objective_never_reaches_phi():
+    from cim_plugin.bilevel import meta_step
+    from cim_plugin.cim_branch import CIMBranch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    branch = CIMBranch()
+    branch.ensure_sites(net, x)
+    opt = torch.optim.Adam(branch.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in branch.parameters()]
+
+    def mask_fn(network, br, xx, yy):
+        logits = br(network, xx)
+        return torch.full(xx.shape[:1] + xx.shape[2:], 0.5) * logits.sum() * float("nan"), logits
+
+    stats = meta_step(network=net, branch=branch, phi_optimizer=opt, x_inner=x, y_inner=y, x_inner_degraded=x,
+                      x_outer=x, y_outer=y, mask_fn=mask_fn, logits_fn=lambda o: o, lr=0.1, lr_ratio=0.1,
+                      div_coef=0.2, reg_coef=0.1, max_phi_grad_norm=1.0)
+    assert stats["skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, branch.parameters()))

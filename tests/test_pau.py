@@ -104,3 +104,19 @@ def test_cuda_matches_cpu():
     assert torch.allclose(y.cpu(), PAU()(x), atol=1e-6)
     with torch.autocast("cuda", dtype=torch.float16):
         assert pau(x.cuda().half()).dtype == torch.float16
+
+
+def test_huge_inputs_stay_finite_with_finite_gradients():
+    from cim_plugin.pau import PAU
+
+    pau = PAU()
+    x = torch.tensor([-1e30, -1e6, -50.0, 0.5, 50.0, 1e6, 1e30], requires_grad=True)
+    y = pau(x)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in pau.parameters())
+    inside = torch.linspace(-7.9, 7.9, 101)
+    from cim_plugin.pau import pade
+
+    assert torch.equal(pau(inside), pade(inside, pau.numerator, pau.denominator))  # unchanged inside
