@@ -378,7 +378,7 @@ class CIMMixin:
                 order = herding_order(features, kept)  # the memory keeps this prefix, in this order
                 self._cim_sources[class_idx] = source[order]
                 self._cim_cams[class_idx] = self._cim_last_cams[order[:CAMS_KEPT]].half()
-                log.info("CIM memory: class %d keeps %d exemplars (%d bytes budget)", class_idx, kept, budget)
+                log.debug("CIM memory: class %d keeps %d exemplars (%d bytes budget)", class_idx, kept, budget)
             memory.check_budget()
             counts = memory.counts()
             for label in list(self._cim_sources):
