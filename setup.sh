@@ -48,5 +48,5 @@ fi
 "$VENV/bin/python" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 if [ "$DEMO" = 1 ]; then
   echo "== demo: iCaRL vs iCaRL+CIM on the synthetic dataset (CPU) =="
-  "$VENV/bin/python" exps/run.py exps/demo.json --out runs/demo
+  "$VENV/bin/python" exps/run.py exps/demo.json --out runs/demo --overwrite
 fi
