@@ -207,7 +207,13 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
             trainer._set_random()
             for key, value in args.items():
                 logging.info("%s: %s", key, value)
-            data_manager = DataManager(args["dataset"], args["shuffle"], seed, args["init_cls"], args["increment"])
+            try:
+                data_manager = DataManager(args["dataset"], args["shuffle"], seed, args["init_cls"], args["increment"])
+            except (OSError, RuntimeError) as err:  # PyCIL's own datasets download to ./data
+                raise ConfigError(
+                    f'dataset {args["dataset"]!r} could not be loaded by PyCIL ({err}); offline, put the extracted '
+                    f'dataset under a folder and add "data_root": "<folder>" to the config (see README, Datasets)'
+                ) from None
             learner = build_learner(args)
             topk = learner.topk
             results = _results_skeleton(config, seed, args)
