@@ -16,6 +16,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
+from contextlib import contextmanager
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -315,6 +317,21 @@ class CIMMixin:
         self._cim_sources: Dict[int, torch.Tensor] = {}  # class -> train indices of its exemplars, memory order
         self._cim_cams: Dict[int, torch.Tensor] = {}  # class -> CAMs of its first exemplars (for figures)
         self._cim_last_cams: Optional[torch.Tensor] = None
+        self._cim_seconds: Dict[str, float] = {}  # this phase's wall seconds per CIM component
+        self._cim_calls: Dict[str, int] = {}  # and how often each ran
+
+    @contextmanager
+    def _cim_timed(self, key: str):
+        """Adds the wall seconds of the block to `_cim_seconds[key]` (CUDA work synchronised)."""
+        sync = torch.cuda.synchronize if torch.device(self._device).type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self._cim_seconds[key] = self._cim_seconds.get(key, 0.0) + time.perf_counter() - start
+            self._cim_calls[key] = self._cim_calls.get(key, 0) + 1
 
     # -- PyCIL entry points ------------------------------------------------------------------
     def incremental_train(self, data_manager):
@@ -323,6 +340,8 @@ class CIMMixin:
         self._cim_epoch = 0
         self._cim_train_new = None
         self._cim_meta_log = []
+        self._cim_seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0}
+        self._cim_calls = {key: 0 for key in self._cim_seconds}
         return super().incremental_train(DataManagerProxy(data_manager, self))
 
     def _train(self, train_loader, *rest, **kwargs):
@@ -350,6 +369,11 @@ class CIMMixin:
         pipeline = self._cim_pipeline
         if self._cim_cfg["cim_mask"] == "cim" and self._cim_train_new is not None:
             self._cim_meta_steps(self._cim_train_new)  # the meta steps that follow the last epoch
+        with self._cim_timed("memory_build"):
+            self._cim_build_memory(dm)
+
+    def _cim_build_memory(self, dm) -> None:
+        pipeline = self._cim_pipeline
         network = unwrap(self._network)
         was_training = {m: m.training for m in network.modules()}
         network.eval()
@@ -419,17 +443,27 @@ class CIMMixin:
                 feats.append(features.cpu())
         return torch.cat(feats), torch.cat(cams)
 
-    def _features_and_boxes(self, images: torch.Tensor, labels: torch.Tensor):
-        """Herding features and the boxes of the configured mask mode, for stored images."""
-        features, cams = self._forward_chunks(images, labels)
+    def _features_and_boxes(self, images: torch.Tensor, labels: torch.Tensor, need_features: bool = True):
+        """Herding features (N, D) (None unless `need_features`) and the boxes (N, 4) of the configured mask
+        mode, for stored uint8 images (N, 3, H, W)."""
         mode = self._cim_cfg["cim_mask"]
+        learned = None
         if mode == "cim" and self._cim_branch is not None:
             learned = self._branch_cams(images, labels)
+        features = cams = None
+        if need_features or learned is None:
+            features, cams = self._forward_chunks(images, labels)
+        if learned is not None:
             # A learned CAM that carries no location (constant or non-finite) falls back to the CIL
             # model's CAM for that image, rather than to a whole-image box.
             flat = learned.flatten(1)
             usable = torch.isfinite(flat).all(1) & ((flat.amax(1) - flat.amin(1)) > 0)
-            cams = torch.where(usable[:, None, None], learned.nan_to_num(0.0), cams)
+            learned = learned.nan_to_num(0.0)
+            if cams is None and not bool(usable.all()):
+                cams = learned.clone()
+                bad = (~usable).nonzero().squeeze(1)
+                cams[bad] = self._forward_chunks(images[bad], labels[bad])[1]
+            cams = learned if cams is None else torch.where(usable[:, None, None], learned, cams)
         boxes = cam_to_boxes(cams, self._cim_cfg["mask_threshold"])
         H, W = images.shape[-2:]
         if mode in ("random", "center"):
@@ -473,9 +507,10 @@ class CIMMixin:
         was_training = {m: m.training for m in network.modules()}
         network.eval()
         try:
-            images = self._cim_pipeline.load_many(dataset.images)
-            labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
-            _, boxes = self._features_and_boxes(images, labels)
+            with self._cim_timed("box_refresh"):
+                images = self._cim_pipeline.load_many(dataset.images)
+                labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+                _, boxes = self._features_and_boxes(images, labels, need_features=False)
         finally:
             for module, flag in was_training.items():
                 module.train(flag)
@@ -523,6 +558,10 @@ class CIMMixin:
 
     def _cim_meta_steps(self, dataset: "CompressAugmentDataset") -> None:
         """`num_meta_iters_per_cls` x new classes bilevel steps on batches of new-class images."""
+        with self._cim_timed("meta_steps"):
+            self._cim_meta_steps_untimed(dataset)
+
+    def _cim_meta_steps_untimed(self, dataset: "CompressAugmentDataset") -> None:
         cfg = self._cim_cfg
         n_new = self._total_classes - self._known_classes
         iters = max(1, math.ceil(cfg["num_meta_iters_per_cls"] * n_new))
@@ -609,6 +648,8 @@ class CIMMixin:
             "meta_steps": len(self._cim_meta_log),
             "mask_mean": (float(np.mean([m["mask_mean"] for m in self._cim_meta_log]))
                           if self._cim_meta_log else None),
+            "seconds": {k: round(v, 3) for k, v in self._cim_seconds.items()},
+            "calls": dict(self._cim_calls),
         }
 
 

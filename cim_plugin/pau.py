@@ -45,15 +45,28 @@ def pade(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) ->
     """
     a = numerator
     b = denominator.abs()
-    p = a[NUM_DEGREE] * x + a[NUM_DEGREE - 1]
-    for k in range(NUM_DEGREE - 2, -1, -1):
-        p = p * x + a[k]
     ax = x.abs()
-    q = b[DEN_DEGREE - 1] * ax + b[DEN_DEGREE - 2]
+    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad):
+        # Horner with fused multiply-adds: 9 passes over x instead of 18, every one differentiable.
+        p = torch.addcmul(a[NUM_DEGREE - 1], a[NUM_DEGREE], x)
+        for k in range(NUM_DEGREE - 2, -1, -1):
+            p = torch.addcmul(a[k], p, x)
+        q = torch.addcmul(b[DEN_DEGREE - 2], b[DEN_DEGREE - 1], ax)
+        for k in range(DEN_DEGREE - 3, -1, -1):
+            q = torch.addcmul(b[k], q, ax)
+        q = torch.addcmul(torch.ones((), dtype=q.dtype, device=q.device), q, ax)
+        return p / q
+    # No graph to keep: the same Horner scheme in place, two buffers (box refreshes, CAMs for the memory).
+    p = x * a[NUM_DEGREE]
+    p.add_(a[NUM_DEGREE - 1])
+    for k in range(NUM_DEGREE - 2, -1, -1):
+        p.mul_(x).add_(a[k])
+    q = ax * b[DEN_DEGREE - 1]
+    q.add_(b[DEN_DEGREE - 2])
     for k in range(DEN_DEGREE - 3, -1, -1):
-        q = q * ax + b[k]
-    q = q * ax + 1.0
-    return p / q
+        q.mul_(ax).add_(b[k])
+    q.mul_(ax).add_(1.0)
+    return p.div_(q)
 
 
 def relu_fit_coefficients(fit_range: float = FIT_RANGE) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -153,12 +166,14 @@ class PAU(nn.Module):
             # Beyond +-TAIL_START the unit continues linearly with its own slope there (a secant over
             # TAIL_STEP): the rational part never sees huge inputs, so x^5 cannot overflow and one
             # bad batch cannot turn phi into NaN. Inside the interval nothing changes.
+            # (in float64 where the device has it: a float32 secant over 0.01 amplifies rounding 100x)
+            wide = torch.float32 if x.device.type == "mps" else torch.float64
             ends = torch.tensor([-TAIL_START, -TAIL_START + TAIL_STEP, TAIL_START - TAIL_STEP, TAIL_START],
-                                dtype=compute, device=x.device)
-            v = pade(ends, a, b)
-            low, high = (v[1] - v[0]) / TAIL_STEP, (v[3] - v[2]) / TAIL_STEP
+                                dtype=wide, device=x.device)
+            v = pade(ends, a.to(wide), b.to(wide))
+            low, high = ((v[1] - v[0]) / TAIL_STEP).to(compute), ((v[3] - v[2]) / TAIL_STEP).to(compute)
             over = xc - inner
-            y = y + torch.where(over > 0, high, low) * over
+            y = torch.addcmul(y, torch.where(over > 0, high, low), over)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

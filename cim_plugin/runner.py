@@ -154,6 +154,25 @@ class _EvalCapture:
         learner._evaluate = evaluate
 
 
+class _TrainTimer:
+    """Wall seconds spent in the learner's `_train` (its epochs; with CIM also the per-epoch hook) this phase."""
+
+    def __init__(self, learner):
+        self.seconds = 0.0
+        original = getattr(learner, "_train", None)
+        if original is None:
+            return
+
+        def train(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        learner._train = train
+
+
 def _configure_logging(out_dir: Path) -> List[logging.Handler]:
     fmt = logging.Formatter("%(asctime)s [%(filename)s] => %(message)s")
     handlers: List[logging.Handler] = [logging.FileHandler(out_dir / "run.log"), logging.StreamHandler(sys.stdout)]
@@ -234,12 +253,14 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 checkpoint.restore_rng(saved["rng"])
                 logging.info("resuming %s after phase %d", out_dir, saved["phase"])
             capture = _EvalCapture(learner)
+            timer = _TrainTimer(learner)
             task_ends = list(np.cumsum(data_manager._increments))
             for task in range(first_task, data_manager.nb_tasks):
                 logging.info("All params: %s", count_parameters(learner._network))
                 logging.info("Trainable params: %s", count_parameters(learner._network, True))
                 start = time.perf_counter()
                 capture.calls.clear()
+                timer.seconds = 0.0
                 learner.incremental_train(data_manager)
                 # PyCIL's top-5 crashes while fewer than 5 classes are known: report top-k, k = classes.
                 learner.topk = min(topk, learner._total_classes)
@@ -249,6 +270,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 y_pred, y_true = capture.calls[0]
                 rows.append(metrics.task_accuracies(y_pred, y_true, task_ends[: task + 1]))
                 phase = _phase_record(task, learner, cnn_accy, nme_accy, wall, config, idata, task_ends[task])
+                phase["train_s"] = round(timer.seconds, 3)
                 results["phases"].append(phase)
                 _summarise(results, rows)
                 results["finished"] = task == data_manager.nb_tasks - 1

@@ -128,3 +128,43 @@ def test_compression_augmentation_replaces_images_by_their_compressed_version():
     expected = compress(torch.from_numpy(images[1]).permute(2, 0, 1)[None], data.boxes[1:2], 4.0)[0]
     assert torch.equal((data[1][1] * 255).round().to(torch.uint8), expected)
     assert not torch.equal(data[1][1], Base(images)[1][1])
+
+
+def test_unusable_learned_cams_fall_back_to_the_cil_models_cams_only_where_needed():
+    """Box refresh skips the CIL forward unless a learned CAM is constant or non-finite; then only those
+    images take the CIL model's CAM (and boxes equal those of the mixed CAMs)."""
+    from types import SimpleNamespace
+
+    from cim_plugin.adapter import CIMMixin
+    from cim_plugin.boxes import cam_to_boxes
+
+    torch.manual_seed(0)
+    n, H, W = 6, 16, 16
+    learned = torch.rand(n, H, W)
+    learned[1] = 0.5  # constant: no location
+    learned[4, 0, 0] = float("nan")
+    cil = torch.rand(n, H, W)
+    forwarded = []
+
+    def forward_chunks(images, labels):
+        forwarded.append(len(images))
+        idx = images[:, 0, 0, 0].long()  # image i carries its index in pixel (0, 0, 0)
+        return torch.zeros(len(images), 8), cil[idx]
+
+    fake = SimpleNamespace(
+        _cim_cfg={"cim_mask": "cim", "mask_threshold": 0.6}, _cim_branch=object(),
+        _branch_cams=lambda images, labels: learned.clone(), _forward_chunks=forward_chunks,
+        _cim_generator=torch.Generator().manual_seed(0),
+    )
+    images = torch.zeros(n, 3, H, W, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    labels = torch.zeros(n, dtype=torch.long)
+    features, boxes = CIMMixin._features_and_boxes(fake, images, labels, need_features=False)
+    assert features is None and forwarded == [2]  # only the two unusable images went through the CIL net
+    expected = learned.nan_to_num(0.0)
+    expected[[1, 4]] = cil[[1, 4]]
+    assert torch.equal(fake._cim_last_cams, expected)
+    assert torch.equal(boxes, cam_to_boxes(expected, 0.6))
+    forwarded.clear()
+    features, boxes_all = CIMMixin._features_and_boxes(fake, images, labels)  # memory build: features needed
+    assert forwarded == [n] and features.shape == (n, 8) and torch.equal(boxes_all, boxes)

@@ -113,6 +113,30 @@ def test_theta_grads_buffers_and_modes_untouched_phi_updated(train_mode):
     assert 0.0 < stats["mask_mean"] < 1.0 and stats["reg"] <= stats["mask_mean"]
 
 
+def test_cil_optimiser_state_and_next_step_unchanged():
+    """A meta step between two CIL steps changes nothing of the CIL optimiser (momentum buffers, step
+    counts, lr) and so nothing of the next CIL update: θ after [step, meta, step] == θ after [step, step]."""
+    def cil_steps(with_meta):
+        net, branch, (xi, yi, xd, xo, yo) = _setup()
+        cil = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        for step in range(2):
+            cil.zero_grad()
+            F.cross_entropy(net(xo)["logits"], yo).backward()
+            cil.step()
+            if step == 0 and with_meta:
+                before = {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in st.items()}
+                          for k, st in cil.state.items()}
+                _step(net, branch, torch.optim.Adam(branch.parameters(), lr=0.01), (xi, yi, xd, xo, yo))
+                assert cil.state.keys() == before.keys()
+                for k, st in cil.state.items():
+                    assert all(torch.equal(v, before[k][n]) if torch.is_tensor(v) else v == before[k][n]
+                               for n, v in st.items())
+        return [p.detach().clone() for p in net.parameters()]
+
+    for a, b in zip(cil_steps(True), cil_steps(False)):
+        assert torch.equal(a, b)
+
+
 def test_phi_gradient_matches_finite_differences_through_the_inner_step():
     """div_coef = reg_coef = 0: φ reaches the objective only through h -> θ⁺ (second order)."""
     net, branch, batch = _setup(seed=3, dtype=torch.float64)

@@ -35,6 +35,12 @@ def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner, mask):
     assert c["phases"][-1]["exemplars"] > b["phases"][-1]["exemplars"]
     if mask == "cim":  # the adaptive mask model was trained by bilevel steps in every phase
         assert all(p["meta_steps"] > 0 and 0 < p["mask_mean"] <= 1 for p in c["phases"])
+    for p in c["phases"]:  # where CIM's time went: before every epoch but the first + once before the memory
+        loops = 3 if learner == "foster" and p["phase"] > 0 else 2
+        assert p["calls"]["meta_steps"] == (loops if mask == "cim" else 0)
+        assert p["calls"]["box_refresh"] == loops - 1 and p["calls"]["memory_build"] == 1
+        assert 0 < p["seconds"]["memory_build"] and sum(p["seconds"].values()) < p["wall_s"]
+        assert 0 < p["train_s"] < p["wall_s"]
     assert c["phases"][-1]["top1_cnn"] >= 0
 
 
@@ -67,3 +73,22 @@ def test_unsupported_rehearsal_learner_is_refused(tmp_path):
     result = run_cli([cfg, "--out", tmp_path / "out"])
     assert result.returncode == 2
     assert "not supported" in result.stderr
+
+
+def test_dataparallel_network_gives_the_same_run(tmp_path):
+    """PyCIL wraps the network in nn.DataParallel when "device" lists several devices. On the CPU the
+    wrapper passes through, so a DER + learned-mask run must give exactly the single-device numbers:
+    the meta steps, CAMs and memory see the unwrapped network either way."""
+    common = dict(cim=True, cim_mask="cim", cam_update_interval=1, memory_size=60, init_epoch=2, epochs=1,
+                  init_milestones=[2], milestones=[1])
+    results = {}
+    for name, device in (("one", ["cpu"]), ("two", ["cpu", "cpu"])):
+        cfg = write_config(tmp_path / f"{name}.json", tiny_learner_config("der", device=device, **common))
+        result = run_cli([cfg, "--out", tmp_path / name])
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+    one, two = results["one"], results["two"]
+    assert all(p["meta_steps"] > 0 for p in two["phases"])
+    assert [p["top1_cnn"] for p in two["phases"]] == [p["top1_cnn"] for p in one["phases"]]
+    assert [p["memory_bytes"] for p in two["phases"]] == [p["memory_bytes"] for p in one["phases"]]
+    assert [p["mask_mean"] for p in two["phases"]] == [p["mask_mean"] for p in one["phases"]]

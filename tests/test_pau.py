@@ -120,3 +120,18 @@ def test_huge_inputs_stay_finite_with_finite_gradients():
     from cim_plugin.pau import pade
 
     assert torch.equal(pau(inside), pade(inside, pau.numerator, pau.denominator))  # unchanged inside
+
+
+def test_inference_path_equals_the_differentiable_path():
+    """Under no_grad the PAU runs in place; values must match the graph-building path (tails included)."""
+    torch.manual_seed(0)
+    pau = PAU()
+    with torch.no_grad():
+        pau.numerator.add_(0.05 * torch.randn(6))
+        pau.denominator.add_(0.05 * torch.randn(4))
+    x = torch.cat([torch.linspace(-20, 20, 4001), 3 * torch.randn(9999)]).view(2, -1)
+    with torch.no_grad():
+        fast = pau(x)
+    slow = pau(x.clone().requires_grad_(True)).detach()
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fast, torch.relu(x))  # the test would pass vacuously if the PAU were skipped
