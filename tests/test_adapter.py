@@ -168,3 +168,28 @@ def test_unusable_learned_cams_fall_back_to_the_cil_models_cams_only_where_neede
     forwarded.clear()
     features, boxes_all = CIMMixin._features_and_boxes(fake, images, labels)  # memory build: features needed
     assert forwarded == [n] and features.shape == (n, 8) and torch.equal(boxes_all, boxes)
+
+
+def test_exemplar_dataset_decodes_once_and_gives_the_per_item_images():
+    """The once-per-phase batched decode must give exactly the per-item decode (mixed image sizes too)."""
+    from torchvision import transforms
+
+    from cim_plugin.adapter import ExemplarDataset
+    from cim_plugin.boxes import random_boxes
+    from cim_plugin.memory import CompressedMemory
+
+    g = torch.Generator().manual_seed(0)
+    memory = CompressedMemory(10**7, 4.0)
+    for label, (H, W) in enumerate([(32, 32), (40, 24)]):
+        images = torch.randint(0, 256, (6, 3, H, W), dtype=torch.uint8, generator=g)
+        memory.select_class(images, torch.randn(6, 8, generator=g), random_boxes(6, H, W, 0.3, generator=g),
+                            label, 10**6)
+    to_tensor = transforms.PILToTensor()
+    cached = ExemplarDataset(memory, to_tensor)
+    per_item = ExemplarDataset(memory, to_tensor, cache_bytes=0)
+    assert cached._decoded is not None and per_item._decoded is None
+    assert len(cached) == len(memory) == 12
+    for i in range(len(memory)):
+        ci, img, label = cached[i]
+        assert ci == i and label == int(memory.labels[i])
+        assert torch.equal(img, per_item[i][1]) and torch.equal(img, memory.decode_one(i))
