@@ -20,6 +20,8 @@ first refreshes the boxes and the refresh is measured; compression augmentation 
 second epoch, which the per-epoch training figure includes.
 
     python benchmarks/bench_cim_overhead.py [--learners icarl der foster] [--epochs 2] [--per-class 500]
+        [--json docs/overhead/overhead.json] [--plot docs/overhead/overhead.png]
+    python benchmarks/bench_cim_overhead.py --from-json docs/overhead/overhead.json --plot out.png
 """
 
 import argparse
@@ -85,6 +87,36 @@ def project(base: dict, cim: dict, loops: int, target_loops: int, interval: int)
             "meta_refresh_share": (meta + refreshes) / base_phase}
 
 
+def phase_parts(row: dict, interval: int) -> tuple:
+    """(baseline parts, CIM parts): seconds per segment of one projected phase, from a row of the JSON."""
+    target = row["target_loops"]
+    base_epochs = row["epoch_base"] * target
+    cim_epochs = row["epoch_cim"] * target
+    meta = row["meta_epoch"] * target
+    refreshes = row["refresh"] * ((target - 1) // interval)
+    base = {"training epochs": base_epochs, "meta steps": 0.0, "box refreshes": 0.0,
+            "memory build + evaluation": row["base_phase"] - base_epochs}
+    cim = {"training epochs": cim_epochs, "meta steps": meta, "box refreshes": refreshes,
+           "memory build + evaluation": row["cim_phase"] - cim_epochs - meta - refreshes}
+    return base, cim
+
+
+def plot(rows: list, path: Path, interval: int) -> Path:
+    from cim_plugin.plots import plot_time_breakdown
+
+    bars = []
+    for r in rows:
+        base, cim = phase_parts(r, interval)
+        name = f"{r['learner']} phase {r['phase']} ({r['target_loops']} ep)"
+        bars.append({"label": f"{name} baseline", "parts": base})
+        bars.append({"label": f"{name} CIM", "parts": cim,
+                     "note": f"meta + refresh {100 * r['meta_refresh_share']:.1f} %, "
+                             f"total x{r['cim_phase'] / r['base_phase']:.2f}"})
+    return plot_time_breakdown(
+        bars, path, title="Where a phase's time goes, projected to PyCIL's schedule (CPU, resnet32, 32x32)",
+        note="measured parts from 2-epoch runs (benchmarks/bench_cim_overhead.py); default CIM settings")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--learners", nargs="+", default=["icarl", "der", "foster"], choices=sorted(PYCIL_SCHEDULE))
@@ -92,10 +124,17 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--plot", type=Path, help="also draw the projected time breakdown to this PNG")
+    p.add_argument("--from-json", type=Path, help="redraw --plot from a JSON written earlier, without running")
     args = p.parse_args()
+    interval = int(CIM_DEFAULTS["cam_update_interval"])
+    if args.from_json:
+        if not args.plot:
+            p.error("--from-json only redraws the figure: give --plot PATH")
+        print(plot(json.loads(args.from_json.read_text()), args.plot, interval))
+        return
     if args.epochs < 2:
         p.error("--epochs must be >= 2: the first epoch has no meta step and no box refresh")
-    interval = int(CIM_DEFAULTS["cam_update_interval"])
     rows = []
     for learner in args.learners:
         phases = {}
@@ -134,6 +173,8 @@ def main() -> None:
               f"{r['cim_phase']:9.0f} {r['cim_phase'] / r['base_phase']:6.2f} {100 * r['meta_refresh_share']:12.1f}%")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        print(plot(rows, args.plot, interval))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Panel descriptions are plain dicts so that callers and tests can build them by h
 * memory panel: ``{"title": str, "bars": [{"label", "mean", "std"}]}`` with mean/std float
   arrays (C,) of exemplars held per class after the last phase; optional "xlabel" (default
   "class (incremental id)") and "ticklabels" (C strings, shown when C <= 30).
+* time bar: ``{"label": str, "parts": {segment name: seconds}}``, one horizontal stacked bar each
+  (see :func:`plot_time_breakdown`).
 * exemplar column: ``{"title": str, "original": uint8 (3,H,W) or None, "cam": float (H,W) in
   [0,1] or None, "box": int (4,) x0,y0,x1,y1 exclusive, "true_box": int (4,) or None,
   "decoded": uint8 (3,H,W) or None}``.
@@ -98,6 +100,51 @@ def plot_curves(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Pat
             ax.axis("off")
         fig.suptitle("Accuracy per phase (mean ± std over seeds)", fontsize=12)
         fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_time_breakdown(bars: List[Dict[str, Any]], path: Path, title: str = "", note: str = "",
+                        dpi: int = DPI) -> Path:
+    """Horizontal stacked bars of where a phase's wall time goes, in hours.
+
+    ``bars``: ``[{"label": str, "parts": {segment: seconds}}]``, drawn top to bottom; segments keep one
+    colour per name across bars (first seen, first coloured), zero-width ones are skipped. ``note`` is
+    written right of each bar's end when the bar dict has a "note" key (e.g. "+12 % meta + refresh").
+    """
+    if not bars or any("label" not in b or "parts" not in b for b in bars):
+        raise ValueError("plot_time_breakdown needs bars [{'label': str, 'parts': {name: seconds}}]")
+    names: List[str] = []
+    for b in bars:
+        names += [n for n in b["parts"] if n not in names]
+    palette = ["#9e9e9e", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd"]
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(bars) + 1.8))
+        longest = max(sum(b["parts"].values()) for b in bars) / 3600
+        for y, b in enumerate(bars):
+            left = 0.0
+            for name, seconds in b["parts"].items():
+                width = seconds / 3600
+                if width <= 0:
+                    continue
+                ax.barh(y, width, left=left, color=colours[name], height=0.7)
+                left += width
+            if b.get("note"):
+                ax.text(left + 0.01 * longest, y, b["note"], va="center", fontsize=8)
+        ax.set_yticks(range(len(bars)), [b["label"] for b in bars])
+        ax.invert_yaxis()
+        ax.set_xlim(0, longest * 1.55)
+        ax.set_xlabel("wall time of one phase (h)")
+        ax.grid(axis="x", alpha=0.3, lw=0.5)
+        ax.legend([Rectangle((0, 0), 1, 1, color=colours[n]) for n in names], names, frameon=False,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.09 - 0.6 / (len(bars) + 3)), ncol=len(names))
+        if title:
+            ax.set_title(title)
+        if note:
+            fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
+        fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
     return Path(path)

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_cim_overhead import epoch_loops, project  # noqa: E402
+from bench_cim_overhead import epoch_loops, phase_parts, plot, project  # noqa: E402
 
 
 def test_projection_counts_meta_steps_refreshes_and_fixed_costs():
@@ -28,3 +28,23 @@ def test_projection_counts_meta_steps_refreshes_and_fixed_costs():
 
 def test_foster_incremental_phases_boost_then_compress():
     assert epoch_loops("foster", 0, 3) == 3 and epoch_loops("foster", 1, 3) == 6 and epoch_loops("der", 1, 3) == 3
+
+
+def test_time_breakdown_parts_add_up_and_plot(tmp_path):
+    base = {"wall_s": 25.0, "train_s": 20.0}
+    cim = {"wall_s": 35.0, "train_s": 27.0, "seconds": {"meta_steps": 4.0, "box_refresh": 3.0, "memory_build": 4.0},
+           "calls": {"meta_steps": 2, "box_refresh": 1, "memory_build": 1}}
+    row = {"learner": "icarl", "phase": 1, "target_loops": 170, **project(base, cim, 2, 170, 40)}
+    b, c = phase_parts(row, 40)
+    assert sum(b.values()) == pytest.approx(row["base_phase"]) and sum(c.values()) == pytest.approx(row["cim_phase"])
+    assert c["meta steps"] == pytest.approx(340.0) and c["box refreshes"] == pytest.approx(12.0)
+    assert b["meta steps"] == 0 and c["memory build + evaluation"] == pytest.approx(6.0)
+    out = plot([row], tmp_path / "t.png", 40)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_breakdown_rejects_bars_without_parts(tmp_path):
+    from cim_plugin.plots import plot_time_breakdown
+
+    with pytest.raises(ValueError, match="parts"):
+        plot_time_breakdown([{"label": "x"}], tmp_path / "t.png")
