@@ -120,6 +120,14 @@ def _relu_fit_single_thread(fit_range: float) -> Tuple[Tuple[float, ...], Tuple[
     return tuple(float(v) for v in a.detach()), tuple(float(v) for v in b.detach().abs())
 
 
+@functools.lru_cache(maxsize=16)
+def _tail_points(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The 4 points (2 per tail) of the tail secants, made once per device (no host copy per forward)."""
+    with torch.inference_mode(False):
+        return torch.tensor([-TAIL_START, -TAIL_START + TAIL_STEP, TAIL_START - TAIL_STEP, TAIL_START],
+                            dtype=dtype, device=device)
+
+
 class PAU(nn.Module):
     """Safe Padé activation unit ``y = P(x) / (1 + sum_k |b_k| |x|^k)``, degrees (5, 4).
 
@@ -168,9 +176,7 @@ class PAU(nn.Module):
             # bad batch cannot turn phi into NaN. Inside the interval nothing changes.
             # (in float64 where the device has it: a float32 secant over 0.01 amplifies rounding 100x)
             wide = torch.float32 if x.device.type == "mps" else torch.float64
-            ends = torch.tensor([-TAIL_START, -TAIL_START + TAIL_STEP, TAIL_START - TAIL_STEP, TAIL_START],
-                                dtype=wide, device=x.device)
-            v = pade(ends, a.to(wide), b.to(wide))
+            v = pade(_tail_points(x.device, wide), a.to(wide), b.to(wide))
             low, high = ((v[1] - v[0]) / TAIL_STEP).to(compute), ((v[3] - v[2]) / TAIL_STEP).to(compute)
             over = xc - inner
             y = torch.addcmul(y, torch.where(over > 0, high, low), over)
