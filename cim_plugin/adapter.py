@@ -319,6 +319,7 @@ class CIMMixin:
             "phi_lr", "lr_ratio", "max_phi_grad_norm", "meta_batch_size", "num_meta_iters_per_cls",
             "div_coef", "reg_coef")}
         self._cim_memory: Optional[CompressedMemory] = None
+        self._cim_paused = False  # True while a stage without CIM work runs (FOSTER's compression)
         self._cim_pipeline: Optional[ImagePipeline] = None
         self._cim_train_new: Optional[CompressAugmentDataset] = None
         self._cim_epoch = 0
@@ -360,6 +361,15 @@ class CIMMixin:
 
     def _train(self, train_loader, *rest, **kwargs):
         return super()._train(_EpochHookLoader(train_loader, self._cim_on_epoch), *rest, **kwargs)
+
+    def _feature_compression(self, *args, **kwargs):
+        """FOSTER's compression stage distils a student from the frozen teacher. As in the official CIM
+        code, no meta steps or box refreshes run in its epochs (they follow the boosting epochs only)."""
+        self._cim_paused = True
+        try:
+            return super()._feature_compression(*args, **kwargs)
+        finally:
+            self._cim_paused = False
 
     def _get_memory(self):
         if self._cim_memory is None or len(self._cim_memory) == 0:
@@ -507,6 +517,8 @@ class CIMMixin:
     def _cim_on_epoch(self):
         """Before each epoch: the mask model's meta steps (CIM mode), then, on schedule, refresh the
         boxes of the new-class images and raise the compression-augmentation probability."""
+        if self._cim_paused:
+            return
         epoch = self._cim_epoch
         self._cim_epoch += 1
         dataset = self._cim_train_new

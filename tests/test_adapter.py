@@ -193,3 +193,31 @@ def test_exemplar_dataset_decodes_once_and_gives_the_per_item_images():
         ci, img, label = cached[i]
         assert ci == i and label == int(memory.labels[i])
         assert torch.equal(img, per_item[i][1]) and torch.equal(img, memory.decode_one(i))
+
+
+def test_foster_compression_epochs_run_no_cim_work():
+    """As in the official code, FOSTER's compression epochs get no meta steps and no box refreshes: the
+    per-epoch hook neither works nor advances CIM's epoch counter there (and works again afterwards)."""
+    from cim_plugin.adapter import CIMMixin
+    from cim_plugin.config import CIM_DEFAULTS
+
+    class Host:  # stands in for a PyCIL learner with a compression stage
+        def __init__(self, args):
+            self.args = args
+
+        def _feature_compression(self, epochs):
+            for _ in range(epochs):
+                self._cim_on_epoch()
+            return "distilled"
+
+    learner = type("CIMHost", (CIMMixin, Host), {})({**CIM_DEFAULTS, "seed": 0})
+    worked = []
+    learner._cim_meta_steps = lambda dataset: worked.append(dataset)
+    learner._cim_train_new = "new-class data"
+    learner._cim_on_epoch()  # epoch 0: nothing yet
+    learner._cim_on_epoch()  # epoch 1: meta steps
+    assert learner._cim_epoch == 2 and len(worked) == 1
+    assert learner._feature_compression(3) == "distilled"
+    assert learner._cim_epoch == 2 and len(worked) == 1 and not learner._cim_paused
+    learner._cim_on_epoch()
+    assert learner._cim_epoch == 3 and len(worked) == 2

@@ -36,7 +36,7 @@ def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner, mask):
     if mask == "cim":  # the adaptive mask model was trained by bilevel steps in every phase
         assert all(p["meta_steps"] > 0 and 0 < p["mask_mean"] <= 1 for p in c["phases"])
     for p in c["phases"]:  # where CIM's time went: before every epoch but the first + once before the memory
-        loops = 3 if learner == "foster" and p["phase"] > 0 else 2
+        loops = 2  # epochs with CIM's hook; FOSTER's compression epochs (1 here) have none, as in the official code
         assert p["calls"]["meta_steps"] == (loops if mask == "cim" else 0)
         assert p["calls"]["box_refresh"] == loops - 1 and p["calls"]["memory_build"] == 1
         assert 0 < p["seconds"]["memory_build"] and sum(p["seconds"].values()) < p["wall_s"]
