@@ -390,7 +390,6 @@ class CIMMixin:
     def build_rehearsal_memory(self, data_manager, per_class):
         """Byte-budgeted herding over compressed exemplars; class means from decoded exemplars."""
         dm = data_manager._dm if isinstance(data_manager, DataManagerProxy) else data_manager
-        pipeline = self._cim_pipeline
         if self._cim_cfg["cim_mask"] == "cim" and self._cim_train_new is not None:
             self._cim_meta_steps(self._cim_train_new)  # the meta steps that follow the last epoch
         with self._cim_timed("memory_build"):
@@ -481,13 +480,11 @@ class CIMMixin:
             # A learned CAM that carries no location (constant or non-finite) falls back to the CIL
             # model's CAM for that image, rather than to a whole-image box.
             flat = learned.flatten(1)
-            usable = torch.isfinite(flat).all(1) & ((flat.amax(1) - flat.amin(1)) > 0)
+            bad = (~(torch.isfinite(flat).all(1) & ((flat.amax(1) - flat.amin(1)) > 0))).nonzero().squeeze(1)
             learned = learned.nan_to_num(0.0)
-            if cams is None and not bool(usable.all()):
-                cams = learned.clone()
-                bad = (~usable).nonzero().squeeze(1)
-                cams[bad] = self._forward_chunks(images[bad], labels[bad])[1]
-            cams = learned if cams is None else torch.where(usable[:, None, None], learned, cams)
+            if bad.numel():
+                learned[bad] = cams[bad] if cams is not None else self._forward_chunks(images[bad], labels[bad])[1]
+            cams = learned
         boxes = cam_to_boxes(cams, self._cim_cfg["mask_threshold"])
         H, W = images.shape[-2:]
         if mode in ("random", "center"):
