@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -626,11 +626,43 @@ def _load_exemplars(run_dir: str) -> Optional[Dict[str, Any]]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def box_iou_of_run(run_dir: str, idata) -> Optional[Tuple[float, float, float]]:
-    """(mean IoU of stored boxes vs true boxes, mean stored box area fraction, mean true box area
-    fraction) over a run's exemplars with a known source image; None without exemplars.pt/boxes."""
-    from .boxes import box_iou
+#: placements of the same-size random reference box per stored box, and the seed of their generator
+REFERENCE_DRAWS = 16
+REFERENCE_SEED = 0
 
+
+class BoxIoU(NamedTuple):
+    """Mean over a run's exemplars (a known source image each) of: IoU of the stored box with the true
+    object box (``iou``); the same for a box of the same width and height at a random valid place
+    (``random_iou``, averaged over :data:`REFERENCE_DRAWS` draws of a generator seeded with
+    :data:`REFERENCE_SEED`) and at the image centre (``center_iou``); stored and true box area / image
+    area (``box_fraction``, ``true_fraction``)."""
+
+    iou: float
+    random_iou: float
+    center_iou: float
+    box_fraction: float
+    true_fraction: float
+
+
+def box_ious(stored: torch.Tensor, true: torch.Tensor, size: Tuple[int, int],
+             draws: int = REFERENCE_DRAWS, seed: int = REFERENCE_SEED) -> BoxIoU:
+    """:class:`BoxIoU` of stored boxes int Tensor(N, 4) vs true boxes int Tensor(N, 4) of (H, W) images."""
+    from .boxes import box_iou, same_size_center_boxes, same_size_random_boxes
+
+    H, W = size
+    stored, true = stored.long().cpu(), true.long().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    moved = same_size_random_boxes(stored, H, W, draws=draws, generator=gen)  # (draws, N, 4)
+    random_iou = box_iou(moved.reshape(-1, 4), true.repeat(draws, 1)).mean()
+    centred = same_size_center_boxes(stored, H, W)
+    return BoxIoU(float(box_iou(stored, true).mean()), float(random_iou), float(box_iou(centred, true).mean()),
+                  float(_fractions(stored.numpy(), size).mean()), float(_fractions(true.numpy(), size).mean()))
+
+
+def box_iou_of_run(run_dir: str, idata) -> Optional[BoxIoU]:
+    """:class:`BoxIoU` of a run's stored boxes (exemplars.pt) vs the dataset's true boxes; None without
+    exemplars.pt, boxes or a known source image."""
     ex = _load_exemplars(run_dir)
     if ex is None or ex.get("boxes") is None or getattr(idata, "train_boxes", None) is None:
         return None
@@ -640,9 +672,7 @@ def box_iou_of_run(run_dir: str, idata) -> Optional[Tuple[float, float, float]]:
         return None
     stored = torch.as_tensor(ex["boxes"]).long()[keep]
     true = torch.as_tensor(np.asarray(idata.train_boxes)[src[keep].numpy()]).long()
-    size = idata.image_size
-    return (float(box_iou(stored, true).mean()), float(_fractions(stored.numpy(), size).mean()),
-            float(_fractions(true.numpy(), size).mean()))
+    return box_ious(stored, true, tuple(idata.image_size))
 
 
 def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
@@ -689,10 +719,13 @@ def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
     if iou_rows:
         lines += ["", "## Mask boxes vs true object boxes", "",
                   "Mean IoU of the stored box of each exemplar with its image's true object box (mean ± std over "
-                  "seeds). A whole-image box would score the true box's area fraction.", "",
-                  "| config | variant | mask mode | mean IoU | stored box area fraction | true box area fraction "
-                  "| seeds |",
-                  "|---|---|---|---|---|---|---|"]
+                  "seeds), next to two references computed on the same exemplars: a box of the same width and "
+                  f"height at a random valid place (mean of {REFERENCE_DRAWS} draws, generator seed "
+                  f"{REFERENCE_SEED}) and at the image centre. Masks find objects when the stored boxes beat "
+                  "both. A whole-image box would score the true box's area fraction.", "",
+                  "| config | variant | mask mode | mean IoU | same-size random IoU | same-size centred IoU "
+                  "| stored box area fraction | true box area fraction | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for stem, variant, mode, stats, n in iou_rows:
             lines.append(f"| {stem} | {variant} | {mode} | " + " | ".join(fmt(m, s, 3) for m, s in stats) + f" | {n} |")
     return lines
@@ -778,6 +811,17 @@ def _original_image(idata, index: int) -> Optional[np.ndarray]:
     return np.ascontiguousarray(np.transpose(arr, (2, 0, 1)))
 
 
+def class_names_of(idata) -> Optional[List[str]]:
+    """The dataset's ``class_names`` list (see :mod:`cim_plugin.datasets.base`), or None when unknown."""
+    names = getattr(idata, "class_names", None) if idata is not None else None
+    if names is None:
+        return None
+    if callable(names) or isinstance(names, (str, bytes)):
+        raise TypeError(f"{type(idata).__name__}.class_names must be a list of names (attribute or property), "
+                        f"got {type(names).__name__}")
+    return [str(n) for n in names]
+
+
 def exemplar_columns(run_dir: str, idata, n_classes: int = 6) -> Tuple[List[Dict[str, Any]], str]:
     """Columns for :func:`cim_plugin.plots.plot_exemplars` from one CIM run: one exemplar (with a
     CAM when one is stored) for each of up to ``n_classes`` classes spread over the classes held."""
@@ -796,7 +840,7 @@ def exemplar_columns(run_dir: str, idata, n_classes: int = 6) -> Tuple[List[Dict
     pick = classes[torch.from_numpy(spread)]
     cam_pos = {int(p): k for k, p in enumerate(torch.as_tensor(ex.get("cam_index", [])).long().tolist())}
     pred = _predictions(run_dir)
-    names = idata.class_names() if idata is not None and hasattr(idata, "class_names") else None
+    names = class_names_of(idata)
     columns = []
     for c in pick.tolist():
         positions = (labels == c).nonzero().squeeze(1).tolist()

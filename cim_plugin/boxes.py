@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 
 __all__ = ["masks_to_boxes", "cam_to_boxes", "boxes_to_masks", "box_area_fraction", "box_iou",
-           "random_boxes", "center_boxes", "check_boxes", "full_boxes"]
+           "random_boxes", "center_boxes", "check_boxes", "full_boxes", "same_size_random_boxes",
+           "same_size_center_boxes"]
 
 
 def _size(H, W):
@@ -176,3 +177,39 @@ def center_boxes(n: int, H: int, W: int, area_fraction: float) -> torch.Tensor:
     h = min(H, max(1, int(math.floor(H * s + 0.5))))
     x0, y0 = (W - w) // 2, (H - h) // 2
     return torch.tensor([x0, y0, x0 + w, y0 + h], dtype=torch.long).repeat(operator.index(n), 1)
+
+
+def same_size_random_boxes(boxes: torch.Tensor, H: int, W: int, draws: int = 1,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Each box moved to a uniformly random valid place, keeping its width and height (a reference:
+    how well a box of that size overlaps the object by chance).
+
+    Args:
+        boxes: int Tensor(B, 4) valid boxes of an H x W image.
+        draws: number of independent placements per box.
+        generator: optional CPU torch.Generator (fixed seed -> the same placements).
+    Returns:
+        int64 Tensor(draws, B, 4) on the CPU; ``x0`` uniform in ``[0, W - w]``, ``y0`` in ``[0, H - h]``.
+    """
+    H, W = _size(H, W)
+    boxes = check_boxes(boxes, H, W).cpu()
+    draws = operator.index(draws)
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    w = (boxes[:, 2] - boxes[:, 0]).double()
+    h = (boxes[:, 3] - boxes[:, 1]).double()
+    u = torch.rand(draws, len(boxes), 2, generator=generator, dtype=torch.float64)
+    x0 = torch.minimum((u[..., 0] * (W - w + 1)).floor(), W - w)
+    y0 = torch.minimum((u[..., 1] * (H - h + 1)).floor(), H - h)
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=-1).long()
+
+
+def same_size_center_boxes(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Each box moved to the image centre, keeping its width and height: int Tensor(B, 4) -> int64
+    Tensor(B, 4) (same device); ``x0 = (W - w) // 2``, ``y0 = (H - h) // 2``."""
+    H, W = _size(H, W)
+    boxes = check_boxes(boxes, H, W)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    x0, y0 = (W - w) // 2, (H - h) // 2
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)

@@ -139,15 +139,21 @@ def test_object_size_tables_box_iou_and_exemplar_grid(tmp_path):
     assert split["accuracy"][1][0] == pytest.approx(0.0) and split["accuracy"][2][0] == pytest.approx(0.0)
 
     iou_true = bm.box_iou_of_run(runs[("icarl_syn", "cim-cam")][1]["_dir"], idata)
-    assert iou_true[0] == pytest.approx(1.0) and iou_true[1] == pytest.approx(iou_true[2])
+    assert iou_true.iou == pytest.approx(1.0) and iou_true.box_fraction == pytest.approx(iou_true.true_fraction)
+    # true boxes moved elsewhere overlap their objects less
+    assert iou_true.random_iou < 0.6 and iou_true.center_iou < 0.9
     iou_full = bm.box_iou_of_run(runs[("icarl_syn", "cim-center")][1]["_dir"], idata)
-    assert iou_full[1] == pytest.approx(1.0)
-    assert iou_full[0] == pytest.approx(iou_full[2], abs=1e-6)  # whole image: IoU = true area fraction
+    assert iou_full.box_fraction == pytest.approx(1.0)
+    assert iou_full.iou == pytest.approx(iou_full.true_fraction, abs=1e-6)  # whole image: IoU = true area fraction
+    # a whole-image box has only one place: both references equal the stored boxes' IoU
+    assert iou_full.random_iou == pytest.approx(iou_full.iou) and iou_full.center_iou == pytest.approx(iou_full.iou)
 
     written = bm.build_report(tmp_path)
     md = written["summary.md"].read_text()
     assert "## By object size" in md and "terciles" in md
-    assert "| icarl_syn | cim-cam | cam | 1.000 |" in md
+    assert "| icarl_syn | cim-cam | cam | 1.000 | " + bm.fmt(iou_true.random_iou, digits=3) + " | " \
+        + bm.fmt(iou_true.center_iou, digits=3) + " |" in md
+    assert "same-size random IoU | same-size centred IoU" in md
     data = written["exemplars.png"].read_bytes()
     assert data.startswith(PNG) and len(data) > 10000
 
@@ -294,3 +300,101 @@ def test_tiny_end_to_end_benchmark(tmp_path):
     assert "## Mask boxes vs true object boxes" in (out / "summary.md").read_text()
     result = _cli("--report-only", "--out", out)
     assert result.returncode == 0, result.stderr
+
+
+def test_box_ious_references_match_hand_computed_values():
+    true = torch.tensor([[0, 0, 2, 2]])
+    ref = bm.box_ious(true.clone(), true, (10, 10), draws=4000)
+    assert ref.iou == pytest.approx(1.0) and ref.center_iou == 0.0  # centred 2x2 box misses the corner object
+    # x0, y0 uniform in 0..8: IoU 1 at (0,0), 1/3 at (0,1) and (1,0), 1/7 at (1,1), else 0
+    assert ref.random_iou == pytest.approx((1 + 2 / 3 + 1 / 7) / 81, rel=0.2)
+    assert ref.box_fraction == pytest.approx(0.04) and ref.true_fraction == pytest.approx(0.04)
+    assert bm.box_ious(true.clone(), true, (10, 10)) == bm.box_ious(true.clone(), true, (10, 10))  # fixed seed
+    centred = torch.tensor([[3, 3, 7, 7]])
+    ref = bm.box_ious(torch.tensor([[0, 0, 4, 4]]), centred, (10, 10))
+    assert ref.iou == pytest.approx(1 / 31) and ref.center_iou == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------- folder dataset (tinyimagenet)
+def tiny_imagenet_tree(root, n_classes=4, train_per_class=10, val_per_class=4, size=32, seed=0):
+    """A small tiny-imagenet-200 folder (wnids.txt, train/<wnid>/images/ + <wnid>_boxes.txt,
+    val/images/ + val_annotations.txt) whose images hold one class-coloured rectangle on noise, with its
+    true (inclusive) box in the annotation files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    wnids = [f"n{1000 + k:08d}" for k in range(n_classes)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    colours = rng.integers(0, 256, (n_classes, 3))
+
+    def draw(path, k):
+        img = rng.integers(0, 256, (size, size, 3)).astype(np.uint8) // 2
+        w, h = rng.integers(size // 4, size // 2 + 1, 2)
+        x0, y0 = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
+        img[y0:y0 + h, x0:x0 + w] = colours[k]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path, format="JPEG", quality=95)
+        return f"{x0}\t{y0}\t{x0 + w - 1}\t{y0 + h - 1}"
+
+    val_lines = []
+    for k, w in enumerate(wnids):
+        lines = []
+        for j in range(train_per_class):
+            name = f"{w}_{j}.JPEG"
+            lines.append(f"{name}\t{draw(root / 'train' / w / 'images' / name, k)}\n")
+        (root / "train" / w / f"{w}_boxes.txt").write_text("".join(lines))
+        for j in range(val_per_class):
+            name = f"val_{k}_{j}.JPEG"
+            val_lines.append(f"{name}\t{w}\t{draw(root / 'val' / 'images' / name, k)}\n")
+    (root / "val" / "val_annotations.txt").write_text("".join(val_lines))
+    return wnids
+
+
+def test_class_names_is_a_list_on_every_dataset(tmp_path):
+    from cim_plugin.datasets import build_idata
+
+    syn = bm.load_dataset(SYN)
+    assert isinstance(syn.class_names, list) and len(syn.class_names) == 6
+    wnids = tiny_imagenet_tree(tmp_path, n_classes=3, train_per_class=2, val_per_class=1, size=16)
+    tiny = build_idata("tinyimagenet", {"data_root": str(tmp_path)})
+    tiny.download_data()
+    for idata, names in ((syn, syn.class_names), (tiny, wnids)):
+        assert bm.class_names_of(idata) == names
+    assert bm.class_names_of(None) is None
+
+    class Broken:
+        def class_names(self):
+            return ["a"]
+
+    with pytest.raises(TypeError, match="must be a list"):
+        bm.class_names_of(Broken())
+
+
+@requires_pycil
+def test_benchmark_report_on_a_folder_dataset_with_true_boxes(tmp_path):
+    data = tmp_path / "tiny-imagenet-200"
+    wnids = tiny_imagenet_tree(data)
+    config = {k: v for k, v in tiny_config(dataset="tinyimagenet", data_root=str(data), init_cls=2, increment=2,
+                                           memory_size=8, memory_per_class=2, cam_update_interval=1).items()
+              if not k.startswith("synthetic_")}  # 1 seed, 2 phases, 1 epoch each
+    cfg = write_config(tmp_path / "tiny_folder.json", config)
+    out = tmp_path / "bench"
+    result = _cli(cfg, "--out", out, "--seeds", "1993", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = read_csv(out / "summary.csv")
+    assert set(rows) == {("tiny_folder", "baseline"), ("tiny_folder", "cim")}
+    md = (out / "summary.md").read_text()
+    assert "could not be loaded" not in md and "## Results" in md
+    assert "## By object size" in md and "## Mask boxes vs true object boxes" in md
+    iou_rows = [line for line in md.splitlines() if line.startswith("| tiny_folder | cim | cim |")]
+    assert len(iou_rows) == 1
+    cells = [c.strip() for c in iou_rows[0].strip("|").split("|")]
+    assert len(cells) == 9 and all(0.0 <= float(c) <= 1.0 for c in cells[3:8])  # IoU, 2 references, 2 areas
+    for name in ("curves.png", "memory.png", "exemplars.png"):
+        data_ = (out / name).read_bytes()
+        assert data_.startswith(PNG) and len(data_) > 5000, name
+    assert "![stored exemplars" in md
+    columns, _ = bm.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"), bm.load_dataset(config))
+    assert columns and all(col["title"].split("\n")[0] in wnids for col in columns)  # the wnids name the columns
+    assert all(col["true_box"] is not None and col["original"].shape == (3, 32, 32) for col in columns)

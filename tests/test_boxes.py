@@ -61,3 +61,28 @@ def test_bad_boxes():
         masks_to_boxes(torch.zeros(1, 3, 3))
     with pytest.raises(ValueError, match="area_fraction"):
         random_boxes(3, 8, 8, 0.0)
+
+
+def test_same_size_random_boxes_keep_size_stay_inside_and_cover_every_place():
+    from cim_plugin.boxes import same_size_random_boxes
+
+    boxes = torch.tensor([[1, 2, 4, 7], [0, 0, 10, 8], [5, 5, 5, 5]])  # 3x5, whole image, empty
+    gen = torch.Generator().manual_seed(0)
+    moved = same_size_random_boxes(boxes, 8, 10, draws=500, generator=gen)
+    assert moved.shape == (500, 3, 4) and moved.dtype == torch.int64
+    wh = torch.stack([moved[..., 2] - moved[..., 0], moved[..., 3] - moved[..., 1]], -1)
+    assert (wh == torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], -1)).all()
+    assert (moved[..., :2] >= 0).all() and (moved[..., 2] <= 10).all() and (moved[..., 3] <= 8).all()
+    assert (moved[:, 1] == boxes[1]).all()  # a whole-image box has one place
+    # every valid x0 of the 3-wide box (0..7) and y0 of the 5-high box (0..3) is drawn
+    assert set(moved[:, 0, 0].tolist()) == set(range(8)) and set(moved[:, 0, 1].tolist()) == set(range(4))
+    again = same_size_random_boxes(boxes, 8, 10, draws=500, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)
+
+
+def test_same_size_center_boxes():
+    from cim_plugin.boxes import same_size_center_boxes
+
+    boxes = torch.tensor([[0, 0, 4, 2], [3, 1, 10, 8], [7, 0, 8, 1]])
+    out = same_size_center_boxes(boxes, 8, 10)
+    assert out.tolist() == [[3, 3, 7, 5], [1, 0, 8, 7], [4, 3, 5, 4]]

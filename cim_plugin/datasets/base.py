@@ -10,7 +10,9 @@ only in :meth:`download_data`, after which PyCIL's ``DataManager`` reads
   as ``[*train_trsf, *common_trsf]`` (``ToTensor`` exactly once, ``Normalize`` in ``common_trsf``);
 - ``class_order``: list of the C class indices.
 
-The plug-in also reads ``name``, ``train_boxes`` / ``test_boxes`` (int64 (N, 4) = x0, y0, x1, y1 in
+The plug-in also reads ``class_names``: a plain ``list`` of C readable names indexed by the original class
+label (None when unknown) -- always an attribute or a property, never a method, so every reader does
+``names = idata.class_names`` whatever the dataset; ``name``, ``train_boxes`` / ``test_boxes`` (int64 (N, 4) = x0, y0, x1, y1 in
 pixels of the original image, x1/y1 exclusive, or None when unknown), ``image_size`` ((H, W) when all
 images share one size, else None) and the class attribute ``option_keys`` (config keys it reads).
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +40,8 @@ class IData:
     use_path: bool = False
     image_size: Optional[Tuple[int, int]] = None
     class_order: Optional[list] = None
+    #: readable name of each original label, ``class_names[label]`` (a list, not a method); None = unknown
+    class_names: Optional[List[str]] = None
 
     def __init__(self) -> None:
         self.train_trsf: list = []

@@ -292,8 +292,10 @@ class SyntheticShapes(IData):
         """Per-class shape/colour/texture/scale-group indices, see :func:`class_specs`."""
         return class_specs(self.n_classes, self.seed)
 
+    @property
     def class_names(self) -> list:
-        """Readable class names, e.g. "red-stripes-disc (small)" (colour-texture-shape (scale group))."""
+        """List (C,) of readable class names, e.g. "red-stripes-disc (small)" (colour-texture-shape (scale
+        group)); a property, so it reads like the ``class_names`` list of every dataset object."""
         sp, cols, groups = self.specs(), list(COLOURS), list(SCALE_GROUPS)
         return [f"{cols[c]}-{TEXTURES[t]}-{SHAPES[s]} ({groups[g]})"
                 for s, c, t, g in zip(sp["shape"], sp["colour"], sp["texture"], sp["scale_group"])]
