@@ -31,10 +31,11 @@ from torchvision import transforms
 from .bilevel import meta_step
 from .boxes import box_area_fraction, cam_to_boxes, center_boxes, random_boxes
 from .cam import cam_from_feature_maps
-from .cim_branch import CIMBranch
+from .cim_branch import CIMBranch, count_relu_sites
 from .codec import compress, degrade
 from .config import ConfigError
 from .herding import herding_order
+from .inner_losses import inner_loss_for
 from .memory import CompressedMemory
 from .pycil import learner_modules
 
@@ -44,6 +45,18 @@ CAMS_KEPT = 4  # CAMs kept per class for the exemplar figure
 
 # Learners whose memory flow the adapter has been tested with end to end.
 SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p")
+
+# The learners' epoch loops that receive the phase's CIL optimiser as an argument: the mixin reads the
+# current learning rate and weight decay from it (inner step size, φ's schedule and weight decay).
+TRAIN_LOOPS = ("_init_train", "_update_representation", "_feature_boosting", "_der_p_fit")
+
+PHI_WEIGHT_DECAY = 5e-4  # φ's weight decay when the learner's optimiser is not visible (official default)
+
+
+def is_fast_weight(name: str) -> bool:
+    """Parameters the inner step updates: every trainable one but the classifier heads (fc, aux_fc,
+    fe_fc, oldfc), as the official code (`'fc' not in name`), so the outer loss improves through the masks."""
+    return "fc" not in name
 
 
 # ----------------------------------------------------------------------------- network access
@@ -98,6 +111,13 @@ def cam_of_output(out: Dict[str, Any], labels: torch.Tensor, size) -> torch.Tens
     return cam_from_feature_maps(out["fmaps"], out["weight"].detach(), labels, out_size=tuple(size))
 
 
+def copy_block(branch: CIMBranch, size: int, src: int, dst: int) -> None:
+    """Copy the PAUs of backbone `src` onto those of backbone `dst` (blocks of `size` sites, call order)."""
+    with torch.no_grad():
+        for k in range(size):
+            branch.paus[dst * size + k].load_state_dict(branch.paus[src * size + k].state_dict())
+
+
 # ----------------------------------------------------------------------------- image pipeline
 def _split_test_transform(data_manager) -> Tuple[List[Any], List[Any]]:
     """PyCIL's test transform split into (PIL->PIL geometric part, tensor part incl. Normalize)."""
@@ -132,12 +152,13 @@ class ImagePipeline:
         if self.use_path:
             with open(item, "rb") as handle:
                 img = Image.open(handle).convert("RGB")
+        elif self.geometric is None:  # raw array, nothing to resize: store it as it is
+            return torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)
         else:
-            img = None if self.geometric is None else Image.fromarray(item)
+            img = Image.fromarray(item)
         if self.geometric is not None:
             img = self.geometric(img)
-            return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def load_many(self, items) -> torch.Tensor:
         """Raw items -> uint8 Tensor(N, 3, H, W) (one image size required)."""
@@ -326,8 +347,14 @@ class CIMMixin:
         self._cim_image_bytes: Optional[int] = None
         self._cim_generator = torch.Generator().manual_seed(int(args.get("seed", 0)))
         self._cim_branch: Optional[CIMBranch] = None  # the adaptive mask model (PAUs, phi)
-        self._cim_phi_optimizer: Optional[torch.optim.Optimizer] = None
+        self._cim_phi_optimizer: Optional[torch.optim.Optimizer] = None  # made anew every phase
         self._cim_branch_task = -1
+        self._cim_inner_loss_fn = inner_loss_for(str(args.get("model_name", "")))
+        self._cim_cil_optimizer: Optional[torch.optim.Optimizer] = None  # the phase's optimiser of θ
+        self._cim_epoch_lr: Optional[float] = None  # lr of the epoch now running
+        self._cim_phase_lr0: Optional[float] = None  # lr of the phase's first epoch
+        self._cim_meta_lr: Optional[float] = None  # lr of the epoch just trained (used by the meta steps)
+        self._cim_meta_source: Optional[Dataset] = None  # new data + decoded memory, train transforms
         self._cim_meta_log: List[Dict[str, float]] = []
         self._cim_sources: Dict[int, torch.Tensor] = {}  # class -> train indices of its exemplars, memory order
         self._cim_cams: Dict[int, torch.Tensor] = {}  # class -> CAMs of its first exemplars (for figures)
@@ -355,6 +382,10 @@ class CIMMixin:
         self._cim_epoch = 0
         self._cim_train_new = None
         self._cim_meta_log = []
+        self._cim_phi_optimizer = None  # φ's Adam is made anew each phase (as the official code)
+        self._cim_cil_optimizer = None
+        self._cim_epoch_lr = self._cim_phase_lr0 = self._cim_meta_lr = None
+        self._cim_meta_source = None
         self._cim_seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0}
         self._cim_calls = {key: 0 for key in self._cim_seconds}
         return super().incremental_train(DataManagerProxy(data_manager, self))
@@ -391,6 +422,7 @@ class CIMMixin:
         """Byte-budgeted herding over compressed exemplars; class means from decoded exemplars."""
         dm = data_manager._dm if isinstance(data_manager, DataManagerProxy) else data_manager
         if self._cim_cfg["cim_mask"] == "cim" and self._cim_train_new is not None:
+            self._cim_meta_lr = self._cim_epoch_lr  # the last epoch's lr
             self._cim_meta_steps(self._cim_train_new)  # the meta steps that follow the last epoch
         with self._cim_timed("memory_build"):
             self._cim_build_memory(dm)
@@ -412,7 +444,11 @@ class CIMMixin:
                     memory.budget_bytes = self._budget_bytes()  # grows with classes under fixed_memory
                     memory.reduce(budget)
                 labels = torch.full((len(images),), class_idx, dtype=torch.long)
-                features, boxes = self._features_and_boxes(images, labels)
+                # Herding ranks the compressed candidates (what is stored is what is herded), as the
+                # official code: boxes first, then features of the decoded images.
+                _, boxes = self._features_and_boxes(images, labels, need_features=False)
+                decoded = compress(images, boxes, self._cim_cfg["compress_ratio"])
+                features, _ = self._forward_chunks(decoded, labels)
                 source = torch.from_numpy(np.where(dm._train_targets == class_idx)[0])
                 try:
                     kept = memory.select_class(images, features, boxes, class_idx, budget, replace=True)
@@ -518,6 +554,10 @@ class CIMMixin:
             return
         epoch = self._cim_epoch
         self._cim_epoch += 1
+        self._cim_meta_lr = self._cim_epoch_lr  # meta steps now follow the epoch just trained, at its lr
+        self._cim_epoch_lr = self._cim_current_lr()
+        if self._cim_phase_lr0 is None:
+            self._cim_phase_lr0 = self._cim_epoch_lr
         dataset = self._cim_train_new
         if dataset is None:
             return
@@ -541,8 +581,8 @@ class CIMMixin:
         dataset.prob = min(1.0, self._cim_cfg["randombbxblur_prob_incre"] * (epoch // interval))
 
     # -- the adaptive mask model (SPEC steps 6-7) ----------------------------------------------
-    def _cim_lr(self) -> float:
-        """The learning rate of the phase's CIL optimiser as configured (inner step = lr x lr_ratio)."""
+    def _cim_configured_lr(self) -> float:
+        """The phase's initial CIL learning rate as configured (used when no optimiser is visible)."""
         names = ("init_lr",) if self._cur_task == 0 else ("lrate", "lr")
         for name in names:
             if name in self.args:
@@ -552,64 +592,102 @@ class CIMMixin:
                     return float(getattr(module, name))
         return 0.1
 
+    def _cim_current_lr(self) -> float:
+        """The CIL optimiser's current learning rate (after the scheduler's steps so far)."""
+        if self._cim_cil_optimizer is not None:
+            return float(self._cim_cil_optimizer.param_groups[0]["lr"])
+        return self._cim_configured_lr()
+
+    def _cim_phi_weight_decay(self) -> float:
+        if self._cim_cil_optimizer is not None:
+            return float(self._cim_cil_optimizer.param_groups[0].get("weight_decay", PHI_WEIGHT_DECAY))
+        return PHI_WEIGHT_DECAY
+
     def _ensure_branch(self, x: torch.Tensor) -> CIMBranch:
-        """The CIM branch with one PAU per ReLU site of the current network (grows with backbones)."""
-        if self._cim_branch is not None and self._cim_branch_task == self._cur_task:
+        """The CIM branch with one PAU per ReLU site of the current network, and the phase's φ optimiser.
+
+        At the first call of a phase: PAUs are added for the sites of a new backbone and, as the official
+        code (a new backbone is a copy of the previous one, PAUs included), start as a copy of the
+        previous backbone's PAUs; φ's Adam is made anew with the CIL optimiser's weight decay."""
+        if self._cim_branch is not None and self._cim_branch_task == self._cur_task \
+                and self._cim_phi_optimizer is not None:
             return self._cim_branch
         if self._cim_branch is None:
             self._cim_branch = CIMBranch()
-        before = self._cim_branch.num_sites
+        branch = self._cim_branch
         with torch.no_grad():
-            self._cim_branch.ensure_sites(FmapView(self._network), x[:2])  # new backbone -> new PAUs
-        self._cim_branch.to(x.device)
-        if self._cim_phi_optimizer is None or self._cim_branch.num_sites != before:
-            self._cim_phi_optimizer = torch.optim.Adam(self._cim_branch.parameters(), lr=self._cim_cfg["phi_lr"])
+            sites = count_relu_sites(FmapView(self._network), x[:2])
+        net = unwrap(self._network)
+        backbones = len(net.convnets) if hasattr(net, "convnets") else 1
+        branch.grow_to(sites, device=x.device)
+        if self._cim_branch_task != self._cur_task and backbones >= 2 and sites % backbones == 0:
+            copy_block(branch, sites // backbones, src=backbones - 2, dst=backbones - 1)
+        branch.to(x.device)
+        self._cim_phi_optimizer = torch.optim.Adam(branch.parameters(), lr=self._cim_cfg["phi_lr"],
+                                                   weight_decay=self._cim_phi_weight_decay())
         self._cim_branch_task = self._cur_task
-        return self._cim_branch
+        return branch
 
-    def _cim_inner_loss(self, out: Dict[str, Any], y: torch.Tensor) -> torch.Tensor:
-        """The learner's classification loss for the inner step: CE, plus DER's auxiliary CE."""
-        loss = F.cross_entropy(out["logits"], y)
-        if out.get("aux_logits") is not None:
-            aux_y = torch.where(y - self._known_classes + 1 > 0, y - self._known_classes + 1, torch.zeros_like(y))
-            loss = loss + F.cross_entropy(out["aux_logits"], aux_y)
-        return loss
+    def _cim_inner_loss(self, out: Dict[str, Any], y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The learner's own training loss of this phase on the hybrid input (see inner_losses)."""
+        return self._cim_inner_loss_fn(self, out, y, x)
 
     def _branch_mask(self, network, branch, x, y):
         out = branch(FmapView(network), x)
         return cam_of_output(out, y, x.shape[-2:]), out["logits"]
 
     def _cim_meta_steps(self, dataset: "CompressAugmentDataset") -> None:
-        """`num_meta_iters_per_cls` x new classes bilevel steps on batches of new-class images."""
+        """`num_meta_iters_per_cls` x new classes bilevel steps on batches of new data and memory."""
         with self._cim_timed("meta_steps"):
             self._cim_meta_steps_untimed(dataset)
+
+    def _cim_meta_dataset(self, dataset: "CompressAugmentDataset") -> Dataset:
+        """The official train-val set: new-class images (not compression-augmented) and the decoded
+        memory, both through the training transforms. Made once per phase."""
+        if self._cim_meta_source is None:
+            base = dataset.base
+            parts = [base]
+            if self._cim_memory is not None and len(self._cim_memory):
+                parts.append(ExemplarDataset(self._cim_memory, base.trsf))
+            self._cim_meta_source = _Concat(parts) if len(parts) > 1 else base
+        return self._cim_meta_source
+
+    def _cim_meta_batch(self, source: Dataset, pick: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Items `pick` of the train-val set as (x float (B, 3, H, W) on the device, y long (B,))."""
+        items = [source[i] for i in pick.tolist()]
+        x = torch.stack([item[1] for item in items]).to(self._device)
+        y = torch.as_tensor([int(item[2]) for item in items], dtype=torch.long, device=self._device)
+        return x, y
 
     def _cim_meta_steps_untimed(self, dataset: "CompressAugmentDataset") -> None:
         cfg = self._cim_cfg
         n_new = self._total_classes - self._known_classes
         iters = max(1, math.ceil(cfg["num_meta_iters_per_cls"] * n_new))
         batch = cfg["meta_batch_size"]
-        labels_all = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+        source = self._cim_meta_dataset(dataset)
         network = unwrap(self._network)
+        lr = self._cim_meta_lr if self._cim_meta_lr is not None else self._cim_current_lr()
+        lr0 = self._cim_phase_lr0 or lr
         for _ in range(iters):
-            pick = torch.randperm(len(dataset), generator=self._cim_generator)[: 2 * batch]
-            inner, outer = pick[: len(pick) // 2], pick[len(pick) // 2 :]
-            if len(inner) == 0 or len(outer) == 0:
+            pick = torch.randperm(len(source), generator=self._cim_generator)[: 2 * batch]
+            half = len(pick) // 2
+            if half == 0:
                 return
-            items = dataset.images[pick.numpy()] if isinstance(dataset.images, np.ndarray) \
-                else [dataset.images[i] for i in pick.tolist()]
-            x = self._cim_pipeline.to_input(self._cim_pipeline.load_many(items), self._device)
-            y = labels_all[pick].to(self._device)
-            x_in, x_out = x[: len(inner)], x[len(inner) :]
+            x, y = self._cim_meta_batch(source, pick[: 2 * half])
+            x_in, x_out = x[:half], x[half:]
             branch = self._ensure_branch(x_in)
+            for group in self._cim_phi_optimizer.param_groups:  # φ follows the CIL schedule
+                group["lr"] = cfg["phi_lr"] * (lr / lr0 if lr0 > 0 else 1.0)
             stats = meta_step(
                 network=network, branch=branch, phi_optimizer=self._cim_phi_optimizer,
-                x_inner=x_in, y_inner=y[: len(inner)], x_inner_degraded=degrade(x_in, cfg["compress_ratio"]),
-                x_outer=x_out, y_outer=y[len(inner) :], mask_fn=self._branch_mask,
+                x_inner=x_in, y_inner=y[:half], x_inner_degraded=degrade(x_in, cfg["compress_ratio"]),
+                x_outer=x_out, y_outer=y[half:], mask_fn=self._branch_mask,
                 logits_fn=lambda out: out["logits"], inner_loss_fn=self._cim_inner_loss,
-                lr=self._cim_lr(), lr_ratio=cfg["lr_ratio"], div_coef=cfg["div_coef"], reg_coef=cfg["reg_coef"],
+                fast_weight_filter=is_fast_weight,
+                lr=lr, lr_ratio=cfg["lr_ratio"], div_coef=cfg["div_coef"], reg_coef=cfg["reg_coef"],
                 max_phi_grad_norm=cfg["max_phi_grad_norm"],
             )
+            stats["memory_items"] = float((pick[: 2 * half] >= len(dataset.base)).sum())
             self._cim_meta_log.append(stats)
 
     def _branch_cams(self, images: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -689,4 +767,23 @@ def cim_learner_class(base_cls, args: Dict[str, Any]):
             f'"cim": true is not supported for learner "{name}" yet (its memory flow is untested with the plug-in); '
             f"supported: {', '.join(SUPPORTED)}"
         )
-    return type(f"CIM{base_cls.__name__}", (CIMMixin, base_cls), {})
+    cls = type(f"CIM{base_cls.__name__}", (CIMMixin, base_cls), {})
+    for loop in TRAIN_LOOPS:
+        if hasattr(base_cls, loop):
+            setattr(cls, loop, _optimiser_capturing(cls, loop))
+    return cls
+
+
+def _optimiser_capturing(cls, name: str):
+    """`cls.name` that records the CIL optimiser it is given (the first torch Optimizer argument), then
+    runs the learner's own loop."""
+
+    def loop(self, *args, **kwargs):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, torch.optim.Optimizer):
+                self._cim_cil_optimizer = value
+                break
+        return getattr(super(cls, self), name)(*args, **kwargs)
+
+    loop.__name__ = name
+    return loop

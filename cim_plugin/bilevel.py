@@ -5,9 +5,10 @@ One call of :func:`meta_step`:
 1. ``c, branch_logits = mask_fn(network, branch, x_inner, y_inner)``: soft masks (B, H, W) in [0, 1],
    differentiable in φ;
 2. hybrid input ``h = c * x_inner + (1 - c) * x_inner_degraded`` (``c`` broadcast over channels);
-3. inner: ``loss_in = inner_loss_fn(network(h), y_inner)`` (default: CE on ``logits_fn(out)``),
+3. inner: ``loss_in = inner_loss_fn(network(h), y_inner, h)`` (default: CE on ``logits_fn(out)``),
    ``g = d loss_in / d θ`` with ``create_graph=True`` and ``θ⁺ = θ - lr * lr_ratio * g`` for the
-   parameters with ``requires_grad`` (frozen ones are used as they are). The mask is an *input* of the
+   parameters with ``requires_grad`` that ``fast_weight_filter`` keeps (the others, e.g. the classifier
+   heads in the official code, are used as they are). The mask is an *input* of the
    inner problem: ``g`` is taken through the network's forward on ``h`` only, not through the branch's own
    use of θ inside ``mask_fn``;
 4. outer: ``CE(logits_fn(network(x_outer; θ⁺)), y_outer) + div_coef * CE(branch_logits, y_inner)
@@ -107,6 +108,7 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
               x_inner: torch.Tensor, y_inner: torch.Tensor, x_inner_degraded: torch.Tensor,
               x_outer: torch.Tensor, y_outer: torch.Tensor,
               mask_fn: Callable, logits_fn: Callable, inner_loss_fn: Optional[Callable] = None,
+              fast_weight_filter: Optional[Callable[[str], bool]] = None,
               lr: float, lr_ratio: float, div_coef: float, reg_coef: float,
               max_phi_grad_norm: Optional[float], train_mode: bool = False) -> Dict[str, float]:
     """One CIM meta iteration; updates φ (the branch's PAUs) only.
@@ -120,15 +122,19 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         x_outer: float Tensor(B', C, H, W), another batch; y_outer: int Tensor(B',).
         mask_fn: ``mask_fn(network, branch, x, y) -> (mask (B,H,W) in [0,1], branch_logits (B,K))``.
         logits_fn: ``logits_fn(out) -> Tensor(B, K)`` from the network's forward output.
-        inner_loss_fn: ``inner_loss_fn(out, y) -> scalar`` on the network output for the hybrid input;
-            default ``CE(logits_fn(out), y)``.
+        inner_loss_fn: ``inner_loss_fn(out, y, h) -> scalar`` on the network output ``out`` for the hybrid
+            input ``h`` (B, C, H, W) (a distillation term may run a frozen teacher on ``h``); default
+            ``CE(logits_fn(out), y)``.
+        fast_weight_filter: ``fast_weight_filter(name) -> bool`` for each trainable parameter name of the
+            network: True = updated by the inner step (a fast weight), False = used as it is. Default: all.
         lr: current θ learning rate; the inner step size is ``lr * lr_ratio``.
         div_coef, reg_coef: weights of the branch CE and of ``mean(c²)``.
         max_phi_grad_norm: clip norm for φ's gradient (None or inf: no clipping).
         train_mode: mode of the network (and branch) during the step. False (default, as the official code)
             uses BN running statistics; True uses batch statistics (buffers are still left untouched).
     Returns:
-        dict of floats: ``outer`` (full outer objective), ``outer_ce``, ``inner``, ``div``, ``reg``
+        dict of floats: ``outer`` (full outer objective), ``outer_ce``, ``inner``, ``inner_lr`` (the inner step
+            size ``lr * lr_ratio``), ``fast_weights`` (number of parameter tensors updated), ``div``, ``reg``
         (``mean(c²)``), ``mask_mean`` (``mean(c)``, the kept fraction) and ``phi_grad_norm`` (before
         clipping).
     """
@@ -155,7 +161,8 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
     if max_norm == 0:
         raise ValueError("max_phi_grad_norm must be > 0 (or None for no clipping)")
 
-    theta = {n: p for n, p in network.named_parameters() if p.requires_grad}
+    theta = {n: p for n, p in network.named_parameters()
+             if p.requires_grad and (fast_weight_filter is None or fast_weight_filter(n))}
     network_param_ids = {id(p) for p in network.parameters()}
     if any(id(p) in network_param_ids for p in branch.parameters()):
         raise ValueError("the CIM branch's PAUs are registered inside the network; keep φ out of θ "
@@ -196,7 +203,7 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         if inner_loss_fn is None:
             loss_in = F.cross_entropy(_at_least_float32(logits_fn(out_in)), y_inner)
         else:
-            loss_in = inner_loss_fn(out_in, y_inner)
+            loss_in = inner_loss_fn(out_in, y_inner, h)
         names = list(alias)
         grads = torch.autograd.grad(loss_in, [alias[n] for n in names], create_graph=True, allow_unused=True)
         fast = {n: theta[n] if g is None else theta[n] - step_size * g for n, g in zip(names, grads)}
@@ -220,6 +227,7 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         return {
             "skipped": float(skipped),
             "outer": float(outer.detach()), "outer_ce": float(outer_ce.detach()), "inner": float(loss_in.detach()),
+            "inner_lr": step_size, "fast_weights": float(len(theta)),
             "div": float(div.detach()), "reg": float(reg.detach()), "mask_mean": float(mask.detach().float().mean()),
             "phi_grad_norm": float(grad_norm),
         }

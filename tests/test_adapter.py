@@ -204,6 +204,7 @@ def test_foster_compression_epochs_run_no_cim_work():
     class Host:  # stands in for a PyCIL learner with a compression stage
         def __init__(self, args):
             self.args = args
+            self._cur_task = 0
 
         def _feature_compression(self, epochs):
             for _ in range(epochs):
