@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -122,6 +124,88 @@ def learner_modules(cls) -> List[Any]:
     return out
 
 
+def _kind(value) -> str:
+    """What a module constant's value is, in the words of an error message."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list of numbers"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _matches(default, value) -> bool:
+    """Can ``value`` (from JSON) replace the module constant ``default``? (int is fine for float; bool is not a number)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return _is_number(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return isinstance(value, list) and all(_is_number(v) for v in value)
+
+
+def check_constant_overrides(config: Dict[str, Any], modules) -> None:
+    """ConfigError unless every top-level key overriding a module constant of ``modules`` has its type.
+
+    The type is that of the constant itself (see :func:`module_constants`): bool, int (a float is
+    refused), float (an int is fine), str, or a list of numbers. The message names the key, the
+    expected type, the constant's own value and the value given.
+    """
+    for module in modules:
+        for key, default in module_constants(module).items():
+            if key not in config or _matches(default, config[key]):
+                continue
+            value, example = config[key], json.dumps(list(default) if isinstance(default, tuple) else default)
+            raise ConfigError(
+                f'"{key}" overrides the constant {key} of PyCIL\'s {module.__name__}, which is {_kind(default)}; '
+                f"got {value!r} ({type(value).__name__}). Give {_kind(default)}, e.g. \"{key}\": {example} "
+                f"(its default)")
+
+
+def convnet_names() -> List[str]:
+    """The "convnet_type" values PyCIL's ``utils/inc_net.get_convnet`` accepts, sorted (lower case).
+
+    Read from the function's own source (``name == "..."`` comparisons), so the list follows the
+    pinned PyCIL without building any network. Empty when the source cannot be read.
+    """
+    import ast
+    import inspect
+
+    import_pycil()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(importlib.import_module("utils.inc_net").get_convnet)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and all(isinstance(op, ast.Eq) for op in node.ops):
+            names.update(c.value for c in node.comparators
+                         if isinstance(c, ast.Constant) and isinstance(c.value, str))
+    return sorted(n.lower() for n in names)
+
+
+def check_convnet_type(name: str) -> None:
+    """ConfigError listing PyCIL's convnets when ``name`` is not one of them (no check if none are found)."""
+    valid = convnet_names()
+    if not valid or name.lower() in valid:
+        return
+    from .config import closest_key
+
+    hint = closest_key(name.lower(), valid)
+    raise ConfigError(f'unknown "convnet_type" {name!r}; PyCIL (utils/inc_net.get_convnet) builds {valid}'
+                      + (f'; did you mean "{hint}"?' if hint else ""))
+
+
 _ARG_KEY = re.compile(r"""args(?:\[\s*|\.get\(\s*)["']([A-Za-z0-9_]+)["']""")
 
 
@@ -206,13 +290,45 @@ def _adaptive_pool_factory(factory):
     return build
 
 
+# get_convnet names whose factories pick their first layers by the dataset's name ("cifar" or "imagenet"
+# in args["dataset"]) and build none for any other name (PyCIL's convs/resnet.py and its variants).
+STEM_BY_NAME_NETS = ("resnet18", "resnet34", "resnet50", "cosine_resnet18", "cosine_resnet34", "cosine_resnet50",
+                     "resnet18_rep", "resnet18_cbam", "resnet34_cbam", "resnet50_cbam")
+
+
+def stem_dataset_name(image_size) -> str:
+    """The dataset name whose stem PyCIL should build for a plug-in dataset of ``image_size`` (H, W) pixels.
+
+    "imagenet" (7x7 conv + max-pool, or PyCIL's own choice for its ImageNet configs) for images that
+    vary in size (trained at 224 px) or are larger than 64 px; "cifar" (3x3 conv) for small images.
+    """
+    return "imagenet" if image_size is None or min(image_size) > 64 else "cifar"
+
+
+def _stem_factory(factory, stem_name: str):
+    """Wrap a STEM_BY_NAME_NETS factory: a dataset named neither "cifar*" nor "imagenet*" gets ``stem_name``'s stem.
+
+    Without it PyCIL's resnet18 has no ``conv1`` for the plug-in's datasets (food101, synthetic,
+    tinyimagenet) and crashes at the first forward.
+    """
+
+    def build(*args, **kwargs):
+        run_args = kwargs.get("args")
+        if isinstance(run_args, dict) and not any(k in str(run_args.get("dataset", "")) for k in ("cifar", "imagenet")):
+            kwargs["args"] = {**run_args, "dataset": stem_name}
+        return factory(*args, **kwargs)
+
+    return build
+
+
 @contextlib.contextmanager
 def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]:
     """Adapt PyCIL for one run, restoring everything afterwards.
 
     - module constants of the learner's module named by top-level config keys are overridden;
     - `utils.data_manager._get_idata` first asks `idata_hook(name)` (the plug-in's datasets);
-    - CIFAR resnets get a global average pool when the dataset's images are not 32x32.
+    - CIFAR resnets get a global average pool when the plug-in dataset's images are not 32x32 (or vary);
+      ImageNet-style resnets get a stem for plug-in datasets named neither "cifar*" nor "imagenet*".
 
     Yields a dict with "idata" (the last dataset object built) for the caller's bookkeeping.
     """
@@ -231,12 +347,14 @@ def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]
         return idata
 
     net_patches = {}
-    size = config.get("_image_size")
-    if size is not None and tuple(size) != (32, 32):
-        net_patches = {
-            "resnet32": _adaptive_pool_factory(inc_net.resnet32),
-            "cosine_resnet32": _adaptive_pool_factory(inc_net.cosine_resnet32),
-        }
+    if "_image_size" in config:  # a plug-in dataset (absent: PyCIL's own); None: its images vary in size
+        size = config["_image_size"]
+        stem = stem_dataset_name(size)
+        net_patches = {name: _stem_factory(getattr(inc_net, name), stem)
+                       for name in STEM_BY_NAME_NETS if hasattr(inc_net, name)}
+        if size is None or tuple(size) != (32, 32):
+            net_patches["resnet32"] = _adaptive_pool_factory(inc_net.resnet32)
+            net_patches["cosine_resnet32"] = _adaptive_pool_factory(inc_net.cosine_resnet32)
     with contextlib.ExitStack() as stack:
         for module in modules:
             stack.enter_context(overridden(module, {k: config[k] for k in module_constants(module) if k in config}))

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -29,6 +29,8 @@ from .config import (
 from .io import write_json
 from .pycil import (
     PYCIL_DATASETS,
+    check_constant_overrides,
+    check_convnet_type,
     import_pycil,
     learner_class,
     learner_modules,
@@ -69,7 +71,9 @@ def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
     config = with_defaults(config)
     validate_run_keys(config)
     validate_cim_keys(config)
-    learner_class(config["model_name"])  # unknown learner -> ConfigError listing valid ones
+    cls = learner_class(config["model_name"])  # unknown learner -> ConfigError listing valid ones
+    check_convnet_type(config["convnet_type"])
+    check_constant_overrides(config, learner_modules(cls))
     for message in unknown_key_warnings(config, valid_keys(config)):
         log.warning(message)
         print(f"warning: {message}", file=sys.stderr)
@@ -123,6 +127,62 @@ def memory_budget_bytes(config: Dict[str, Any], total_classes: int, image_bytes:
     return int(config["memory_size"]) * image_bytes
 
 
+def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, int, Tuple[int, int]]:
+    """(bytes of one stored image, bytes of the cheapest CIM exemplar, (H, W)) for this run's data.
+
+    The cheapest exemplar is the fully low-resolution one (empty box), priced by
+    :func:`cim_plugin.codec.exemplar_nbytes`, on the image the memory stores: the first training
+    item through the adapter's ImagePipeline (e.g. 224x224 after ImageNet's Resize + CenterCrop).
+    """
+    import torch
+
+    from .adapter import ImagePipeline
+    from .codec import exemplar_nbytes
+
+    image = ImagePipeline(data_manager).load(data_manager._train_data[0])  # uint8 (3, H, W)
+    H, W = int(image.shape[-2]), int(image.shape[-1])
+    cheapest = int(exemplar_nbytes(torch.zeros(1, 4, dtype=torch.long), H, W, config["compress_ratio"])[0])
+    return 3 * H * W, cheapest, (H, W)
+
+
+def _budget_error(setting: str, detail: str, key: str, need: int) -> ConfigError:
+    return ConfigError(f"memory budget too small for one exemplar per class: {setting} {detail}; "
+                       f'raise "{key}" to at least {need}')
+
+
+def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
+    """ConfigError, before any training, when one class's share of the memory cannot hold one exemplar.
+
+    Checked for the last phase (all ``data_manager`` classes known: the smallest share). Baseline:
+    PyCIL keeps memory_size // classes full images per class (fixed_memory: memory_per_class >= 1,
+    checked with the config). CIM: the share memory_budget_bytes // classes must hold the cheapest
+    exemplar (:func:`smallest_cim_exemplar`). Learners that keep no memory are not checked.
+    """
+    from .adapter import keeps_memory
+
+    if not keeps_memory(type(learner)) or len(data_manager._train_data) == 0:
+        return
+    classes = len(data_manager._class_order)
+    fixed = bool(config.get("fixed_memory"))
+    setting = (f'"memory_per_class" {config["memory_per_class"]} (fixed_memory)' if fixed
+               else f'"memory_size" {config["memory_size"]} shared by {classes} classes')
+    if not config.get("cim"):
+        if not fixed and config["memory_size"] // classes < 1:
+            raise _budget_error(setting, "leaves PyCIL memory_size // classes = 0 exemplars per class (the smallest "
+                                "possible exemplar is a full image)", "memory_size", classes)
+        return
+    image_bytes, cheapest, (H, W) = smallest_cim_exemplar(config, data_manager)
+    share = memory_budget_bytes(config, classes, image_bytes) // classes
+    if share >= cheapest:
+        return
+    # the smallest setting whose share holds `cheapest`
+    key, need = ("memory_per_class", -(-cheapest // image_bytes)) if fixed else (
+        "memory_size", -(-classes * cheapest // image_bytes))
+    raise _budget_error(setting, f"gives each class {share} bytes, but the smallest possible exemplar, the {H}x{W} "
+                        f"image kept only at 1/{config['compress_ratio']:g} resolution plus its box, costs "
+                        f"{cheapest} bytes (a full image: {image_bytes})", key, need)
+
+
 def memory_report(learner, config, idata) -> Dict[str, Any]:
     """Exemplars held after a phase and the bytes they occupy (baseline: exemplars x image bytes)."""
     if hasattr(learner, "cim_memory_report"):
@@ -149,7 +209,11 @@ class _EvalCapture:
 
         def evaluate(y_pred, y_true):
             self.calls.append((np.asarray(y_pred)[:, 0], np.asarray(y_true)))
-            return original(y_pred, y_true)
+            accy = original(y_pred, y_true)
+            # FOSTER's compression stage logs accy["top5"] by name: while fewer than 5 classes are known
+            # the learner reports top-k (k = classes, see run_seed), so give that under "top5" too.
+            accy.setdefault("top5", accy["top{}".format(learner.topk)])
+            return accy
 
         learner._evaluate = evaluate
 
@@ -234,6 +298,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                     f'dataset under a folder and add "data_root": "<folder>" to the config (see README, Datasets)'
                 ) from None
             learner = build_learner(args)
+            check_budget_fits(config, learner, data_manager)
             topk = learner.topk
             results = _results_skeleton(config, seed, args)
             rows: List[List[Optional[float]]] = []
@@ -259,11 +324,13 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 logging.info("All params: %s", count_parameters(learner._network))
                 logging.info("Trainable params: %s", count_parameters(learner._network, True))
                 start = time.perf_counter()
-                capture.calls.clear()
                 timer.seconds = 0.0
+                # PyCIL's top-5 crashes while fewer than 5 classes are known: report top-k, k = classes
+                # (set before training too: FOSTER evaluates inside incremental_train).
+                learner.topk = min(topk, int(task_ends[task]))
                 learner.incremental_train(data_manager)
-                # PyCIL's top-5 crashes while fewer than 5 classes are known: report top-k, k = classes.
                 learner.topk = min(topk, learner._total_classes)
+                capture.calls.clear()  # only eval_task's (FOSTER also evaluates inside incremental_train)
                 cnn_accy, nme_accy = learner.eval_task()
                 learner.after_task()
                 wall = time.perf_counter() - start

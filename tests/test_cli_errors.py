@@ -80,3 +80,34 @@ def test_typo_key_warns_with_closest_valid_key(tmp_path):
         prepare(tiny_config(epoch=3))
     assert 'did you mean "epochs"' in buf.getvalue()
 
+
+
+@requires_pycil
+@pytest.mark.parametrize("key,value,expected", [
+    ("epochs", "ten", "an integer"), ("epochs", 2.5, "an integer"), ("epochs", True, "an integer"),
+    ("milestones", 5, "a list of numbers"), ("milestones", [1, "2"], "a list of numbers"),
+    ("lrate", "0.1", "a number"),
+])
+def test_module_constant_of_the_wrong_type(tmp_path, key, value, expected):
+    """A JSON key overriding a PyCIL module constant must have the constant's type (checked before running)."""
+    result = _run(tmp_path, **{key: value})
+    _assert_clear(result, f'"{key}"', expected, f"got {value!r}")
+    assert "Learning on" not in result.stdout
+
+
+@requires_pycil
+def test_unknown_convnet_lists_valid_names(tmp_path):
+    _assert_clear(_run(tmp_path, convnet_type="resnet23"), '"convnet_type"', "resnet23", "'resnet32'", "'resnet18'",
+                  "'cosine_resnet32'")
+
+
+@requires_pycil
+@pytest.mark.parametrize("cim", [False, True])
+def test_budget_too_small_for_one_exemplar_stops_before_training(tmp_path, cim):
+    """memory_size 1 for 10 classes: neither a full image (baseline) nor the cheapest CIM exemplar (the
+    image at 1/r resolution, 3*16*16 + 8 bytes for 32x32 at r = 4) fits in a class's 307 bytes."""
+    result = _run(tmp_path, memory_size=1, synthetic_num_classes=10, cim=cim, cim_mask="cam")
+    detail = "costs 776 bytes" if cim else "memory_size // classes = 0 exemplars per class"
+    _assert_clear(result, "memory budget too small", "smallest possible exemplar", detail,
+                  '"memory_size" to at least')
+    assert "Learning on" not in result.stdout  # stopped before phase 0 trained

@@ -1,5 +1,7 @@
 """Config reading and validation, metrics (no PyCIL needed)."""
 
+import re
+
 import pytest
 
 from cim_plugin import metrics
@@ -103,3 +105,62 @@ def test_metrics():
     assert metrics.forgetting(m) == pytest.approx(30.0)
     assert metrics.forgetting([[50.0]]) is None
     assert metrics.average_incremental_accuracy([50.0, 70.0]) == 60.0
+
+
+def test_constant_overrides_keep_the_constants_types():
+    import types
+
+    from cim_plugin.pycil import check_constant_overrides
+
+    module = types.ModuleType("models.fake")
+    module.epochs, module.lrate, module.milestones, module.flag, module.mode = 10, 0.1, [5, 8], False, "a"
+    ok = {"epochs": 3, "lrate": 1, "milestones": [1, 2.5], "flag": True, "mode": "b", "other": "x"}
+    check_constant_overrides(ok, [module])  # an int for a float constant is fine; unrelated keys are ignored
+    for key, value, expected in [("epochs", 3.0, "an integer"), ("epochs", True, "an integer"),
+                                 ("lrate", False, "a number"), ("milestones", (1, 2), "a list of numbers"),
+                                 ("milestones", [True], "a list of numbers"), ("flag", 1, "true or false"),
+                                 ("mode", 1, "a string")]:
+        with pytest.raises(ConfigError, match=f'"{key}" overrides.*{expected}.*got {re.escape(repr(value))}'):
+            check_constant_overrides({key: value}, [module])
+
+
+class _MemoryLearner:
+    """Stands for a PyCIL learner that keeps exemplars (its source names build_rehearsal_memory)."""
+
+    def build_rehearsal_memory(self, data_manager, per_class):
+        pass
+
+
+def _data_manager(classes=15, side=32):
+    """The DataManager attributes the budget check reads: 32x32 uint8 images, CIFAR-like transforms."""
+    import types
+
+    import numpy as np
+    from torchvision import transforms
+
+    return types.SimpleNamespace(
+        use_path=False, _train_data=np.zeros((3, side, side, 3), np.uint8), _class_order=list(range(classes)),
+        _train_trsf=[], _test_trsf=[transforms.ToTensor()], _common_trsf=[transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+
+
+@pytest.mark.parametrize("memory_size,cim,fits", [
+    (15, False, True), (14, False, False),  # baseline: one full 32x32 image (3072 B) per class
+    (5, True, True),  # CIM: 5 * 3072 // 15 = 1024 B per class >= 3*16*16 + 8 = 776 B (image at 1/4 resolution)
+    (3, True, False),  # 614 B < 776 B: raise memory_size to ceil(15 * 776 / 3072) = 4
+])
+def test_budget_check_uses_the_cheapest_possible_exemplar(memory_size, cim, fits):
+    from cim_plugin.runner import check_budget_fits
+
+    config = _base(memory_size=memory_size, cim=cim)
+    if fits:
+        check_budget_fits(config, _MemoryLearner(), _data_manager())
+        return
+    need = 4 if cim else 15
+    with pytest.raises(ConfigError, match=f'memory budget too small.*"memory_size" to at least {need}'):
+        check_budget_fits(config, _MemoryLearner(), _data_manager())
+
+
+def test_budget_check_skips_learners_without_memory():
+    from cim_plugin.runner import check_budget_fits
+
+    check_budget_fits(_base(memory_size=0), object(), _data_manager())

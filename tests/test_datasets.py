@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from generated_data import cifar_tree, food_tree, imagenet_tree, save_image, tiny_tree
+
 from cim_plugin.datasets import DATASETS, DatasetLayoutError, build_idata, dataset_names
 from cim_plugin.datasets.folders import CIFAR100Folder, Food101, ImageNet100, TinyImageNet
 from cim_plugin.datasets.synthetic import (SCALE_GROUPS, SyntheticShapes, class_specs, make_split, max_classes,
@@ -153,20 +155,8 @@ def test_registry_and_fallbacks(tmp_path):
 
 # ---------------------------------------------------------------- folder datasets
 
-def _img(path, size=(12, 10), colour=(200, 30, 30)):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-
-
-def _imagenet_tree(root, classes=("n01", "n02", "n03")):
-    for split in ("train", "val"):
-        for i, c in enumerate(classes):
-            for j in range(2):
-                _img(os.path.join(root, split, c, f"{c}_{j}.JPEG"), colour=(40 * i, 10 * j, 0))
-
-
 def test_imagenet_folder_loads(tmp_path):
-    _imagenet_tree(tmp_path)
+    imagenet_tree(tmp_path)
     d = build_idata("imagenet100", {"data_root": str(tmp_path)})
     d.download_data()
     assert d.use_path is True and d.train_boxes is None and d.test_boxes is None and d.image_size is None
@@ -186,14 +176,14 @@ def test_imagenet_folder_layout_errors(tmp_path):
     os.makedirs(tmp_path / "val")
     with pytest.raises(DatasetLayoutError, match=r"train/<class>/\*\.JPEG \(ImageFolder layout\).*train does not exist"):
         ImageNet100(str(tmp_path)).download_data()
-    _imagenet_tree(tmp_path, classes=("a", "b"))
-    _img(str(tmp_path / "val" / "flat.JPEG"))
+    imagenet_tree(tmp_path, classes=("a", "b"))
+    save_image(str(tmp_path / "val" / "flat.JPEG"))
     os.rename(tmp_path / "val", tmp_path / "val_old")
     os.makedirs(tmp_path / "val")
-    _img(str(tmp_path / "val" / "ILSVRC_val_1.JPEG"))
+    save_image(str(tmp_path / "val" / "ILSVRC_val_1.JPEG"))
     with pytest.raises(DatasetLayoutError, match="no class sub-folders.*holds 1 images directly"):
         ImageNet100(str(tmp_path)).download_data()
-    _img(str(tmp_path / "val" / "zzz" / "x.JPEG"))
+    save_image(str(tmp_path / "val" / "zzz" / "x.JPEG"))
     with pytest.raises(DatasetLayoutError, match=r"class folders that train/ does not have: \['zzz'\]"):
         ImageNet100(str(tmp_path)).download_data()
     os.makedirs(tmp_path / "train" / "empty")
@@ -201,23 +191,8 @@ def test_imagenet_folder_layout_errors(tmp_path):
         ImageNet100(str(tmp_path)).download_data()
 
 
-def _food_tree(root, with_classes_txt=True):
-    classes = ["pizza", "apple_pie", "sushi"]  # meta/classes.txt order is not sorted order
-    for c in classes:
-        for j in range(2):
-            _img(os.path.join(root, "images", c, f"{j}{c[0]}.jpg"))
-    os.makedirs(os.path.join(root, "meta"))
-    with open(os.path.join(root, "meta", "train.txt"), "w") as fh:
-        fh.write("".join(f"{c}/0{c[0]}\n" for c in classes))
-    with open(os.path.join(root, "meta", "test.txt"), "w") as fh:
-        fh.write("".join(f"{c}/1{c[0]}\n" for c in classes))
-    if with_classes_txt:
-        with open(os.path.join(root, "meta", "classes.txt"), "w") as fh:
-            fh.write("\n".join(classes) + "\n")
-
-
 def test_food101_loads_with_and_without_classes_txt(tmp_path):
-    _food_tree(tmp_path / "a")
+    food_tree(tmp_path / "a")
     d = build_idata("food101", {"data_root": str(tmp_path / "a")})
     d.download_data()
     assert d.use_path and d.train_boxes is None and d.class_names == ["pizza", "apple_pie", "sushi"]
@@ -225,7 +200,7 @@ def test_food101_loads_with_and_without_classes_txt(tmp_path):
     assert d.test_data[1].endswith(os.path.join("images", "apple_pie", "1a.jpg"))
     assert all(os.path.isfile(p) for p in [*d.train_data, *d.test_data])
     _check_transforms(d, Image.open(d.test_data[0]).convert("RGB"))
-    _food_tree(tmp_path / "b", with_classes_txt=False)
+    food_tree(tmp_path / "b", with_classes_txt=False)
     d = Food101(str(tmp_path / "b"))
     d.download_data()
     assert d.class_names == ["apple_pie", "pizza", "sushi"]
@@ -237,7 +212,7 @@ def test_food101_layout_errors(tmp_path):
         os.makedirs(tmp_path / "meta")
         Food101(str(tmp_path)).download_data()
     os.rmdir(tmp_path / "meta")
-    _food_tree(tmp_path)
+    food_tree(tmp_path)
     os.remove(tmp_path / "meta" / "test.txt")
     with pytest.raises(DatasetLayoutError, match=r"meta/test\.txt.*does not exist"):
         Food101(str(tmp_path)).download_data()
@@ -251,29 +226,8 @@ def test_food101_layout_errors(tmp_path):
         Food101(str(tmp_path)).download_data()
 
 
-def _tiny_tree(root, size=16):
-    wnids = ["n002", "n001"]
-    with open(os.path.join(root, "wnids.txt"), "w") as fh:
-        fh.write("\n".join(wnids) + "\n")
-    for w in wnids:
-        lines = []
-        for j in range(2):
-            name = f"{w}_{j}.JPEG"
-            _img(os.path.join(root, "train", w, "images", name), size=(size, size))
-            lines.append(f"{name}\t{j}\t1\t{5 + j}\t{size - 1}\n")  # inclusive corners, last one at the edge
-        with open(os.path.join(root, "train", w, f"{w}_boxes.txt"), "w") as fh:
-            fh.writelines(lines)
-    ann = []
-    for i, w in enumerate(wnids):
-        name = f"val_{i}.JPEG"
-        _img(os.path.join(root, "val", "images", name), size=(size, size))
-        ann.append(f"{name}\t{w}\t2\t3\t{size + 5}\t9\n")  # x1 beyond the image: clipped
-    with open(os.path.join(root, "val", "val_annotations.txt"), "w") as fh:
-        fh.writelines(ann)
-
-
 def test_tinyimagenet_loads_with_exclusive_boxes(tmp_path):
-    _tiny_tree(tmp_path)
+    tiny_tree(tmp_path)
     d = build_idata("tinyimagenet", {"data_root": str(tmp_path)})
     d.download_data()
     assert d.use_path and d.image_size == (16, 16) and d.class_names == ["n001", "n002"]
@@ -293,7 +247,7 @@ def test_tinyimagenet_layout_errors(tmp_path):
         os.makedirs(tmp_path / "train")
         TinyImageNet(str(tmp_path)).download_data()
     os.rmdir(tmp_path / "train")
-    _tiny_tree(tmp_path)
+    tiny_tree(tmp_path)
     os.remove(tmp_path / "train" / "n001" / "n001_boxes.txt")
     with pytest.raises(DatasetLayoutError, match=r"n001_boxes\.txt.*does not exist"):
         TinyImageNet(str(tmp_path)).download_data()
@@ -308,22 +262,8 @@ def test_tinyimagenet_layout_errors(tmp_path):
         TinyImageNet(str(tmp_path)).download_data()
 
 
-def _cifar_tree(root, n_train=5, n_test=3):
-    folder = os.path.join(root, "cifar-100-python")
-    os.makedirs(folder)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        entry = {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                 "fine_labels": [i % 3 for i in range(n)], "coarse_labels": [0] * n}
-        with open(os.path.join(folder, split), "wb") as fh:
-            pickle.dump(entry, fh)
-    with open(os.path.join(folder, "meta"), "wb") as fh:
-        pickle.dump({"fine_label_names": ["a", "b", "c"]}, fh)
-    return folder
-
-
 def test_cifar100_from_extracted_folder(tmp_path):
-    folder = _cifar_tree(tmp_path)
+    folder = cifar_tree(tmp_path)
     d = build_idata("cifar100", {"data_root": str(tmp_path)})
     d.download_data()
     assert d.use_path is False and d.image_size == (32, 32) and d.train_boxes is None
@@ -342,7 +282,7 @@ def test_cifar100_missing_folder_says_where(tmp_path):
     d = CIFAR100Folder(str(tmp_path), download=False)
     with pytest.raises(DatasetLayoutError, match=r"cifar-100-python .*does not exist.*downloading is off"):
         d.download_data()
-    folder = _cifar_tree(tmp_path)
+    folder = cifar_tree(tmp_path)
     with open(os.path.join(folder, "test"), "wb") as fh:
         fh.write(b"not a pickle")
     with pytest.raises(DatasetLayoutError, match="not a readable CIFAR-100"):
