@@ -20,13 +20,16 @@ terciles of the class sizes (the paper gives no numeric split).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -251,7 +254,7 @@ def read_results(run_dir: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def subprocess_runner(spec: RunSpec, resume: bool) -> int:
+def subprocess_runner(spec: RunSpec, resume: bool, threads: Optional[int] = None) -> int:
     """Run one spec as `python exps/run.py DIR/config.json --out DIR [--resume]`; output to console.log.
 
     If the benchmark itself is interrupted (Ctrl-C, SIGTERM turned into SystemExit by the CLI), the
@@ -261,6 +264,8 @@ def subprocess_runner(spec: RunSpec, resume: bool) -> int:
     if resume:
         cmd.append("--resume")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads is not None:  # parallel runs share the cores: one thread pool each, no oversubscription
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(spec.dir / "console.log", "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
@@ -305,28 +310,46 @@ def _failure_line(run_dir: Path) -> str:
 
 
 def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpec, bool], int],
-                 echo: Callable[[str], None]) -> List[RunSpec]:
-    """Run every spec (skipping finished ones on resume); returns the specs that failed."""
-    failed = []
-    for k, spec in enumerate(runs, 1):
+                 echo: Callable[[str], None], jobs: int = 1) -> List[RunSpec]:
+    """Run every spec (skipping finished ones on resume), `jobs` at a time; returns the specs that failed.
+
+    With jobs > 1 the runs start in plan order (a seed's baseline and CIM runs side by side, so both see
+    the same load) and each run gets one thread per job share of the cores (see `subprocess_runner`).
+    """
+    failed: List[RunSpec] = []
+    lock = threading.Lock()
+
+    def one(k: int, spec: RunSpec) -> None:
         tag = f"[{k}/{len(runs)}] {spec.name}"
         done = read_results(spec.dir)
         if done is not None and done.get("finished"):
-            echo(f"{tag}: finished before, skipped | {headline(done)}")
-            continue
+            with lock:
+                echo(f"{tag}: finished before, skipped | {headline(done)}")
+            return
         spec.dir.mkdir(parents=True, exist_ok=True)
         write_json(spec.dir / "config.json", spec.config)
         going_on = resume and (done is not None or (spec.dir / "checkpoint.pt").exists())
-        echo(f"{tag}: {'resumed' if going_on else 'started'}")
+        with lock:
+            echo(f"{tag}: {'resumed' if going_on else 'started'}")
         start = time.perf_counter()
         rc = runner(spec, resume)
         results = read_results(spec.dir)
-        if rc == 0 and results is not None and results.get("finished"):
-            echo(f"{tag}: done in {time.perf_counter() - start:.0f} s | {headline(results)}")
-        else:
-            failed.append(spec)
-            echo(f"{tag}: FAILED (exit {rc}): {_failure_line(spec.dir)} (see {spec.dir / 'console.log'})")
-    return failed
+        with lock:
+            if rc == 0 and results is not None and results.get("finished"):
+                echo(f"{tag}: done in {time.perf_counter() - start:.0f} s | {headline(results)}")
+            else:
+                failed.append(spec)
+                echo(f"{tag}: FAILED (exit {rc}): {_failure_line(spec.dir)} (see {spec.dir / 'console.log'})")
+
+    if jobs <= 1:
+        for k, spec in enumerate(runs, 1):
+            one(k, spec)
+        return failed
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, k, spec) for k, spec in enumerate(runs, 1)]:
+            future.result()
+    order = {id(spec): k for k, spec in enumerate(runs)}
+    return sorted(failed, key=lambda spec: order[id(spec)])
 
 
 def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[int]] = None,
@@ -334,13 +357,16 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
                   resume: bool = False, overwrite: bool = False, report_only: bool = False,
                   runner: Callable[[RunSpec, bool], int] = subprocess_runner,
                   echo: Callable[[str], None] = print, warn: Optional[Callable[[str], None]] = None,
-                  validate: bool = True) -> int:
+                  validate: bool = True, jobs: int = 1) -> int:
     """The benchmark command. Returns 0 when every run finished, 1 when some failed (the report is
     written from the others). Bad input raises ConfigError (the CLI prints it and exits 2).
 
     ``runner(spec, resume) -> exit code`` runs one spec (tests pass a fake); ``validate`` checks
-    every variant's config with the runner's own validation before the first run.
+    every variant's config with the runner's own validation before the first run; ``jobs`` runs that
+    many specs at once (each in its own process).
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     if report_only:
         if out_dir is None:
@@ -366,7 +392,9 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
     runs = plan_runs(configs, seeds, out_dir, mask_modes)
     echo(f"benchmark: {len(runs)} runs ({len(configs)} config(s), seeds {seeds}, baseline and CIM variants) "
          f"into {out_dir}")
-    failed = execute_runs(runs, resume, runner, echo)
+    if runner is subprocess_runner and jobs > 1:
+        runner = functools.partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // jobs))
+    failed = execute_runs(runs, resume, runner, echo, jobs=jobs)
     paths = build_report(out_dir)
     for p in paths.values():
         echo(f"wrote {p}")
@@ -462,7 +490,7 @@ def summary_rows(groups: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]],
                              if row["budget_bytes"] and math.isfinite(row["budget_bytes"]) else float("nan"))
         base = groups.get((stem, BASELINE))
         for key in ("gain_aia_cnn", "gain_last_top1_cnn"):
-            row[f"{key}_mean"] = row[f"{key}_std"] = float("nan")
+            row[f"{key}_mean"] = row[f"{key}_std"] = row[f"{key}_se"] = float("nan")
         row["time_ratio"], row["n_paired"] = float("nan"), 0
         if variant != BASELINE and base:
             paired = [s for s in seeds if s in base]
@@ -471,7 +499,8 @@ def summary_rows(groups: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]],
                                ("gain_last_top1_cnn", "last_top1_cnn")):
                 diffs = [runs[s][field] - base[s][field] for s in paired
                          if runs[s].get(field) is not None and base[s].get(field) is not None]
-                row[f"{key}_mean"], row[f"{key}_std"], _ = mean_std(diffs)
+                row[f"{key}_mean"], row[f"{key}_std"], n = mean_std(diffs)
+                row[f"{key}_se"] = row[f"{key}_std"] / math.sqrt(n) if n > 1 else float("nan")
             base_wall = sum(base[s]["wall_s"] for s in paired)
             if paired and base_wall > 0:
                 row["time_ratio"] = sum(runs[s]["wall_s"] for s in paired) / base_wall
@@ -483,8 +512,8 @@ CSV_COLUMNS = ("config", "learner", "dataset", "variant", "cim_mask", "n_seeds",
                "aia_cnn_mean", "aia_cnn_std", "aia_nme_mean", "aia_nme_std", "last_top1_cnn_mean",
                "last_top1_cnn_std", "forgetting_cnn_mean", "forgetting_cnn_std", "exemplars_per_class_mean",
                "exemplars_per_class_std", "memory_bytes_mean", "budget_bytes", "memory_use", "wall_s_mean",
-               "wall_s_std", "gain_aia_cnn_mean", "gain_aia_cnn_std", "gain_last_top1_cnn_mean",
-               "gain_last_top1_cnn_std", "time_ratio", "n_paired")
+               "wall_s_std", "gain_aia_cnn_mean", "gain_aia_cnn_std", "gain_aia_cnn_se", "gain_last_top1_cnn_mean",
+               "gain_last_top1_cnn_std", "gain_last_top1_cnn_se", "time_ratio", "n_paired")
 
 
 def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
@@ -504,8 +533,8 @@ def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
 def results_table(rows: List[Dict[str, Any]]) -> List[str]:
     """The combined markdown table of :func:`summary_rows`."""
     head = ("| config | learner | variant | seeds | avg inc acc CNN (%) | avg inc acc NME (%) | last top-1 (%) "
-            "| forgetting (%) | exemplars / class | memory held / budget | wall time (s) | gain avg inc acc (pts) "
-            "| gain last top-1 (pts) | time ratio |")
+            "| forgetting (%) | exemplars / class | memory held / budget | wall time (s) | gain avg inc acc (pts ± s.e.) "
+            "| gain last top-1 (pts ± s.e.) | time ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         mem = (f"{human_bytes(r['memory_bytes_mean'])} / {human_bytes(r['budget_bytes'])} "
@@ -519,8 +548,8 @@ def results_table(rows: List[Dict[str, Any]]) -> List[str]:
             fmt(r["forgetting_cnn_mean"], r["forgetting_cnn_std"]),
             fmt(r["exemplars_per_class_mean"], r["exemplars_per_class_std"], 1), mem,
             fmt(r["wall_s_mean"], r["wall_s_std"], 0),
-            "" if r["variant"] == BASELINE else _signed(r["gain_aia_cnn_mean"], r["gain_aia_cnn_std"]),
-            "" if r["variant"] == BASELINE else _signed(r["gain_last_top1_cnn_mean"], r["gain_last_top1_cnn_std"]),
+            "" if r["variant"] == BASELINE else _signed(r["gain_aia_cnn_mean"], r["gain_aia_cnn_se"]),
+            "" if r["variant"] == BASELINE else _signed(r["gain_last_top1_cnn_mean"], r["gain_last_top1_cnn_se"]),
             "" if r["variant"] == BASELINE else ratio,
         ]) + " |")
     return lines
@@ -912,7 +941,9 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
 
     lines += ["", "## Results (mean ± std over seeds)", ""] + results_table(rows) + [
         "", "Average incremental accuracy = mean top-1 over phases. std = sample std over seeds (none with one "
-        "seed). Gains are CIM minus baseline of the same config, paired by seed; time ratio = total wall time "
+        "seed). Gains are CIM minus baseline of the same config, paired by seed, shown as mean ± standard error "
+        "(s.e. = sample std of the paired differences / √seeds; summary.csv also has their std); a gain is "
+        "resolved from noise when gain − 1 s.e. > 0. Time ratio = total wall time "
         "of the variant / of the baseline over the same seeds. Memory is the bytes held after the last phase."]
     lines += object_size_section(groups, order, datasets)
 

@@ -3,6 +3,7 @@
 
     python exps/benchmark.py exps/icarl_cim.json exps/der_cim.json --seeds 1993 1994 1995 --out runs/bench
     python exps/benchmark.py ... --out runs/bench --resume        # go on after an interruption
+    python exps/benchmark.py ... --jobs 2                         # two runs at once (one thread each on 2 cores)
     python exps/benchmark.py --report-only --out runs/bench       # rebuild tables and figures
 
 Writes DIR/summary.md, summary.csv, curves.png, memory.png, exemplars.png and one run folder per
@@ -27,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-modes", nargs="+", choices=CIM_MASK_MODES, metavar="MODE",
                    help=f"one CIM variant per mask mode ({', '.join(CIM_MASK_MODES)}); default: the config's "
                         f'"cim_mask", else one "cim" variant')
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at once, each in its own process with cores/N threads (default 1)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the benchmark in --out (finished runs are kept)")
     mode.add_argument("--overwrite", action="store_true", help="replace the benchmark in --out")
@@ -48,7 +51,8 @@ def main(argv=None) -> int:
         return 2
     try:
         return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,
-                             resume=args.resume, overwrite=args.overwrite, report_only=args.report_only)
+                             resume=args.resume, overwrite=args.overwrite, report_only=args.report_only,
+                             jobs=args.jobs)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -63,12 +63,13 @@ def test_report_numbers_mean_std_gain_and_time_ratio(tmp_path):
     assert int(c["n_paired"]) == 2
     assert float(c["gain_aia_cnn_mean"]) == pytest.approx(6.0)  # paired diffs 5 and 7
     assert float(c["gain_aia_cnn_std"]) == pytest.approx(math.sqrt(2.0))
+    assert float(c["gain_aia_cnn_se"]) == pytest.approx(1.0)  # std / sqrt(2 paired seeds)
     assert float(c["gain_last_top1_cnn_mean"]) == pytest.approx(2.0)  # diffs 3 and 1
     assert float(c["time_ratio"]) == pytest.approx(26.0 / 20.0)
     assert float(c["exemplars_per_class_mean"]) == pytest.approx(8.0)
     assert float(c["memory_use"]) == pytest.approx(0.9)
     md = (tmp_path / "summary.md").read_text()
-    assert "+6.00 ± 1.41" in md and "| 1.30 |" in md
+    assert "+6.00 ± 1.00" in md and "| 1.30 |" in md and "standard error" in md
     for name in ("curves.png", "memory.png"):
         data = written[name].read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
@@ -398,3 +399,33 @@ def test_benchmark_report_on_a_folder_dataset_with_true_boxes(tmp_path):
     columns, _ = bm.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"), bm.load_dataset(config))
     assert columns and all(col["title"].split("\n")[0] in wnids for col in columns)  # the wnids name the columns
     assert all(col["true_box"] is not None and col["original"].shape == (3, 32, 32) for col in columns)
+
+
+def test_jobs_run_specs_side_by_side_and_report_failures_in_plan_order(tmp_path):
+    """--jobs N: N runs at once (seen by a fake runner that records the overlap); failures keep plan order."""
+    import threading
+    import time as _time
+
+    specs = [bm.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
+                        tmp_path / f"run_{k}") for k in range(6)]
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def runner(spec, resume):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        _time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if spec.dir.name in ("run_1", "run_4"):
+            return 1
+        (spec.dir / "results.json").write_text(json.dumps({"finished": True, "phases": [], "wall_s": 1.0}))
+        return 0
+
+    lines = []
+    failed = bm.execute_runs(specs, False, runner, lines.append, jobs=2)
+    assert peak[0] == 2
+    assert [s.dir.name for s in failed] == ["run_1", "run_4"]
+    assert sum("started" in ln for ln in lines) == 6
+    with pytest.raises(bm.ConfigError, match="--jobs"):
+        bm.run_benchmark(["x.json"], jobs=0)
