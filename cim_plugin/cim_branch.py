@@ -24,7 +24,14 @@ from torch.overrides import TorchFunctionMode
 
 from .pau import FIT_RANGE, PAU, relu_fit_coefficients
 
-__all__ = ["CIMBranch", "RELU_FUNCTIONS", "count_relu_sites"]
+__all__ = ["CIMBranch", "RELU_FUNCTIONS", "ZERO_AT_ZERO", "count_relu_sites"]
+
+#: New PAUs hold P(0) = 0 (see :class:`~cim_plugin.pau.PAU`). A ReLU maps the convs' zero padding and silent
+#: channels to 0; a PAU whose constant a_0 is learned (the official init starts it at 0.030) lets the meta
+#: steps turn the padding into a signal: on the synthetic benchmark the learned units drifted to |x|-like
+#: shapes, the CAMs lit up along the borders and the stored boxes overlapped the objects worse than boxes
+#: at random places (IoU 0.03 vs 0.08); with P(0) = 0 held, 0.37 vs 0.10 (docs/masks.md).
+ZERO_AT_ZERO = True
 
 #: Every callable through which PyCIL's convnets (and nn.ReLU) apply a ReLU.
 RELU_FUNCTIONS = frozenset({
@@ -99,10 +106,14 @@ class CIMBranch(nn.Module):
         fit_range: new PAUs start from the ReLU fit on ``[-fit_range, fit_range]`` (see
             :func:`~cim_plugin.pau.relu_fit_coefficients`); widen it for nets whose pre-activations
             (e.g. un-normalised residual sums) often leave [-3, 3].
+        zero_at_zero: new PAUs hold ``P(0) = 0`` (default :data:`ZERO_AT_ZERO`).
     """
 
-    def __init__(self, num_sites: int = 0, fit_range: float = FIT_RANGE) -> None:
+    zero_at_zero: bool = False  # class default: objects pickled before the option existed read as False
+
+    def __init__(self, num_sites: int = 0, fit_range: float = FIT_RANGE, zero_at_zero: bool = ZERO_AT_ZERO) -> None:
         super().__init__()
+        self.zero_at_zero = bool(zero_at_zero)
         if isinstance(num_sites, bool) or not isinstance(num_sites, int) or num_sites < 0:
             raise ValueError(f"num_sites must be a non-negative int, got {num_sites!r}")
         relu_fit_coefficients(fit_range)  # validates fit_range now rather than at the first growth
@@ -127,7 +138,7 @@ class CIMBranch(nn.Module):
             device = self.paus[-1].numerator.device
         with torch.inference_mode(False):  # parameters must be normal tensors even if called in inference
             while len(self.paus) < num_sites:
-                self.paus.append(PAU(device=device, fit_range=self.fit_range).to(dtype))
+                self.paus.append(PAU(device=device, fit_range=self.fit_range, zero_at_zero=self.zero_at_zero).to(dtype))
         return self.num_sites
 
     def relu_sites(self, network: nn.Module, x: torch.Tensor) -> int:
@@ -160,5 +171,5 @@ class CIMBranch(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def extra_repr(self) -> str:
-        return f"num_sites={self.num_sites}, fit_range={self.fit_range}"
+        return f"num_sites={self.num_sites}, fit_range={self.fit_range}, zero_at_zero={self.zero_at_zero}"
 

@@ -69,33 +69,37 @@ def pade(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) ->
     return p.div_(q)
 
 
-def relu_fit_coefficients(fit_range: float = FIT_RANGE) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def relu_fit_coefficients(fit_range: float = FIT_RANGE, zero_at_zero: bool = False
+                          ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """The ReLU fit on ``[-fit_range, fit_range]``, computed once per range and process (deterministic).
 
     Args:
         fit_range: half-width of the fitted interval (activation units), > 0. The default 3 gives
             max error 0.030 on [-3, 3]; a wider range trades accuracy near 0 for the tails
             (4: 0.040, 5: 0.050, 6: 0.060 on [-3, 3]).
+        zero_at_zero: fit with ``a_0 = 0`` (so ``P(0) = 0``: the unit maps 0 to 0 exactly, as ReLU);
+            max error 0.0305 on [-3, 3]. Without it ``a_0 = 0.030`` (the same value as the official
+            code's ``Rational(approx_func='relu')`` init), so ``PAU(0) = 0.030``.
     Returns:
         ``(numerator, denominator)`` as tuples of Python floats, lengths 6 and 4, for :func:`pade`.
     """
     if isinstance(fit_range, bool) or not isinstance(fit_range, (int, float)) or not math.isfinite(fit_range) \
             or fit_range <= 0:
         raise ValueError(f"fit_range must be a finite number > 0, got {fit_range!r}")
-    return _relu_fit(float(fit_range))
+    return _relu_fit(float(fit_range), bool(zero_at_zero))
 
 
 @functools.lru_cache(maxsize=8)
-def _relu_fit(fit_range: float) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def _relu_fit(fit_range: float, zero_at_zero: bool = False) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bitwise identical result whatever the caller's thread count (tiny problem)
     try:
-        return _relu_fit_single_thread(fit_range)
+        return _relu_fit_single_thread(fit_range, zero_at_zero)
     finally:
         torch.set_num_threads(threads)
 
 
-def _relu_fit_single_thread(fit_range: float) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def _relu_fit_single_thread(fit_range: float, zero_at_zero: bool = False) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
         x = torch.linspace(-fit_range, fit_range, 601, dtype=torch.float64)
         r = x.clamp_min(0.0)
@@ -104,20 +108,24 @@ def _relu_fit_single_thread(fit_range: float) -> Tuple[Tuple[float, ...], Tuple[
         powers = torch.stack([x ** k for k in range(NUM_DEGREE + 1)], dim=1)
         abs_powers = torch.stack([ax ** k for k in range(1, DEN_DEGREE + 1)], dim=1)
         design = torch.cat([powers, -r[:, None] * abs_powers], dim=1)
+        keep = torch.ones(NUM_DEGREE + 1, dtype=torch.float64)
+        if zero_at_zero:
+            keep[0] = 0.0
+            design[:, 0] = 0.0  # a_0 has no column: lstsq (minimum norm) gives it 0
         sol = torch.linalg.lstsq(design, r[:, None], driver="gelsd").solution.squeeze(1)
-        a = sol[:NUM_DEGREE + 1].clone().requires_grad_(True)
+        a = (sol[:NUM_DEGREE + 1] * keep).clone().requires_grad_(True)
         b = sol[NUM_DEGREE + 1:].abs().clone().requires_grad_(True)
         opt = torch.optim.LBFGS([a, b], lr=1.0, max_iter=300, tolerance_grad=1e-14, tolerance_change=1e-16,
                                 history_size=50, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = (pade(x, a, b) - r).pow(2).mean()
+            loss = (pade(x, a * keep, b) - r).pow(2).mean()
             loss.backward()
             return loss
 
         opt.step(closure)
-    return tuple(float(v) for v in a.detach()), tuple(float(v) for v in b.detach().abs())
+    return tuple(float(v) for v in (a * keep).detach()), tuple(float(v) for v in b.detach().abs())
 
 
 @functools.lru_cache(maxsize=16)
@@ -136,17 +144,24 @@ class PAU(nn.Module):
     sequences to start elsewhere,
     e.g. ``PAU(numerator=[0, 1, 0, 0, 0, 0], denominator=[0, 0, 0, 0])`` is the identity.
 
+    ``zero_at_zero=True``: the constant ``a_0`` is held at 0 (fit and forward), so ``PAU(0) = 0`` exactly and
+    stays so while φ is learned, as for ReLU (a zero-padded border or a silent channel stays zero).
+
     Forward: any float Tensor (any shape, CPU or CUDA, float16/bfloat16/float32/float64) -> Tensor of the
     same shape and dtype. Computation runs in ``promote(x.dtype, float32)`` with autocast disabled, then is
     cast back, so it is safe under ``torch.autocast``. Supports higher-order gradients.
     """
 
+    zero_at_zero: bool = False  # class default: objects pickled before the option existed read as False
+
     def __init__(self, numerator: Optional[Sequence[float]] = None,
                  denominator: Optional[Sequence[float]] = None,
-                 device: Optional[torch.device] = None, fit_range: float = FIT_RANGE) -> None:
+                 device: Optional[torch.device] = None, fit_range: float = FIT_RANGE,
+                 zero_at_zero: bool = False) -> None:
         super().__init__()
+        self.zero_at_zero = bool(zero_at_zero)
         if numerator is None or denominator is None:
-            fit_num, fit_den = relu_fit_coefficients(fit_range)
+            fit_num, fit_den = relu_fit_coefficients(fit_range, zero_at_zero=self.zero_at_zero)
             numerator = fit_num if numerator is None else numerator
             denominator = fit_den if denominator is None else denominator
         num = torch.as_tensor(numerator, dtype=torch.float32).detach().clone()
@@ -157,8 +172,18 @@ class PAU(nn.Module):
         if den.shape != (DEN_DEGREE,):
             raise ValueError(f"denominator must hold {DEN_DEGREE} coefficients b_1..b_{DEN_DEGREE}, "
                              f"got shape {tuple(den.shape)}")
+        if self.zero_at_zero:
+            num[0] = 0.0
         self.numerator = nn.Parameter(num.to(device))
         self.denominator = nn.Parameter(den.to(device))
+
+    def coefficients(self, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` as used by the forward, on ``device`` in ``dtype``; with ``zero_at_zero`` the constant
+        ``a_0`` is held at 0 (no effect, zero gradient), so ``P(0) = 0`` whatever φ learns."""
+        a = self.numerator.to(device=device, dtype=dtype)
+        if self.zero_at_zero:
+            a = torch.cat([a[:1] * 0.0, a[1:]])
+        return a, self.denominator.to(device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -167,8 +192,7 @@ class PAU(nn.Module):
         compute = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(compute)
-            a = self.numerator.to(device=x.device, dtype=compute)
-            b = self.denominator.to(device=x.device, dtype=compute)
+            a, b = self.coefficients(x.device, compute)
             inner = xc.clamp(-TAIL_START, TAIL_START)
             y = pade(inner, a, b)
             # Beyond +-TAIL_START the unit continues linearly with its own slope there (a secant over
@@ -183,4 +207,5 @@ class PAU(nn.Module):
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"degrees=({NUM_DEGREE}, {DEN_DEGREE}), safe denominator 1 + sum |b_k||x|^k"
+        return (f"degrees=({NUM_DEGREE}, {DEN_DEGREE}), safe denominator 1 + sum |b_k||x|^k"
+                + (", P(0) = 0" if self.zero_at_zero else ""))

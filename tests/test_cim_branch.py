@@ -102,7 +102,7 @@ def test_grows_one_pau_per_site_initialised_to_relu_fit(net_cls):
     out = branch(net, x)
     assert branch.num_sites == 3
     assert len(list(branch.parameters())) == 6  # numerator + denominator per site, nothing else
-    fit = PAU()
+    fit = PAU(zero_at_zero=True)  # the default: P(0) = 0 (cim_branch.ZERO_AT_ZERO)
     for pau in branch.paus:
         assert torch.equal(pau.numerator, fit.numerator) and torch.equal(pau.denominator, fit.denominator)
     ref = net(x)["logits"]
@@ -132,7 +132,7 @@ def test_existing_paus_keep_values_when_network_grows():
     assert branch.num_sites == 6
     for old, new in zip(kept, list(branch.parameters())[:6]):
         assert torch.equal(old, new)
-    assert torch.equal(branch.paus[5].numerator, PAU().numerator)
+    assert torch.equal(branch.paus[5].numerator, PAU(zero_at_zero=True).numerator)
     # a smaller network afterwards uses the first sites only
     branch(small, x)
     assert branch.num_sites == 6 and branch.last_num_calls == 3
@@ -204,10 +204,13 @@ def test_pycil_resnet32_sites_and_replacement():
         ref = net(x)
         rel = {}
         for fit_range in (3.0, 5.0):
-            out = CIMBranch(fit_range=fit_range)(net, x)
-            rel[fit_range] = float((out["features"] - ref["features"]).norm() / ref["features"].norm())
-    # residual sums reach ~8, beyond the default fit range: the branch tracks the net within ~10 %, 4 % with 5
-    assert rel[3.0] < 0.15 and rel[5.0] < 0.06, rel
+            for zero in (True, False):
+                out = CIMBranch(fit_range=fit_range, zero_at_zero=zero)(net, x)
+                rel[fit_range, zero] = float((out["features"] - ref["features"]).norm() / ref["features"].norm())
+    # the branch tracks the net within ~5 % (P(0) = 0, the default); the plain fit's P(0) = 0.03, added at
+    # each of the 31 sites, doubles that (10 %) at the default fit range
+    assert rel[3.0, True] < 0.06 and rel[5.0, True] < 0.09, rel
+    assert rel[3.0, False] > 1.5 * rel[3.0, True], rel
     net.eval()
     branch = CIMBranch()
     branch(net, x)
@@ -226,3 +229,16 @@ def test_pycil_resnet18_module_relus():
     branch = CIMBranch()
     branch(net, x)
     assert branch.num_sites == count_relu_sites(net, x) == 17  # stem + 2 per block x 8
+
+
+def test_zero_at_zero_branch_keeps_a_zero_image_zero():
+    """With P(0) = 0 a bias-free conv net maps a zero image to zero feature maps through the branch, as
+    with ReLU; the plain ReLU fit (P(0) = 0.03) makes every site emit 0.03 and the maps nonzero."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.ReLU())
+    x = torch.zeros(1, 3, 8, 8)
+    assert torch.equal(CIMBranch(zero_at_zero=True)(net, x), torch.zeros(1, 4, 8, 8))
+    assert CIMBranch(zero_at_zero=False)(net, x).abs().amax() > 1e-3
+    branch = CIMBranch(3, zero_at_zero=True)
+    assert all(p.zero_at_zero for p in branch.paus)

@@ -135,3 +135,27 @@ def test_inference_path_equals_the_differentiable_path():
     slow = pau(x.clone().requires_grad_(True)).detach()
     assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
     assert not torch.equal(fast, torch.relu(x))  # the test would pass vacuously if the PAU were skipped
+
+
+def test_zero_at_zero_holds_p0_at_zero_while_phi_learns():
+    pau = PAU(zero_at_zero=True)
+    zero = torch.zeros(3)
+    assert torch.equal(pau(zero), zero)  # exactly, not approximately
+    x = torch.linspace(-3, 3, 601)
+    assert (pau(x) - x.clamp_min(0)).abs().max() <= FIT_BOUND  # still a ReLU fit
+    assert abs(float(PAU()(zero)[0].detach()) - 0.02997) < 1e-4  # the plain fit (and the official init) has P(0) = 0.030
+    with torch.no_grad():
+        pau.numerator[0] = 5.0  # whatever the stored a_0 becomes, it has no effect
+    assert torch.equal(pau(zero), zero)
+    pau(torch.randn(100)).pow(2).sum().backward()
+    assert pau.numerator.grad[0] == 0 and pau.numerator.grad[1:].abs().sum() > 0
+
+
+def test_pau_pickled_before_zero_at_zero_reads_as_plain():
+    import pickle
+
+    pau = PAU()
+    del pau.__dict__["zero_at_zero"]  # as a PAU pickled by an older version
+    again = pickle.loads(pickle.dumps(pau))
+    assert again.zero_at_zero is False
+    assert torch.equal(again(torch.zeros(1)), PAU()(torch.zeros(1)))
