@@ -82,3 +82,28 @@ def test_cim_runs_end_to_end_on_every_dataset_kind(tmp_path, kind, learner):
         assert phase["exemplars"] > 0
         assert 0 < phase["memory_bytes"] <= phase["memory_budget_bytes"]
     assert (out / "memory.pt").is_file()
+
+
+@pytest.mark.parametrize("dataset,size,convnet,kernel", [
+    ("food101", None, "resnet18", 7),  # images of varying size, trained at 224 px: ImageNet stem
+    ("synthetic", (48, 48), "resnet18", 3),  # small images: CIFAR stem
+    ("food101", None, "resnet32", None),  # CIFAR resnet: global average pool instead of AvgPool2d(8)
+])
+def test_pycil_convnets_build_for_plugin_datasets(dataset, size, convnet, kernel):
+    """PyCIL's resnet18 builds no first layer for a dataset named neither "cifar*" nor "imagenet*", and its
+    resnet32 pools 8x8 (32 px inputs only): the run's patches make both work on the plug-in's datasets."""
+    import torch
+
+    from cim_plugin.pycil import patched
+
+    config = {"model_name": "icarl", "dataset": dataset, "convnet_type": convnet, "init_cls": 2, "increment": 2,
+              "_image_size": size}
+    with patched(config):
+        from utils.inc_net import get_convnet
+
+        net = get_convnet(config).eval()
+        with torch.no_grad():
+            features = net(torch.zeros(2, 3, 64, 64))["features"]
+    assert features.shape == (2, net.out_dim)
+    if kernel is not None:
+        assert net.conv1[0].kernel_size == (kernel, kernel)
