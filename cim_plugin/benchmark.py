@@ -263,6 +263,8 @@ def subprocess_runner(spec: RunSpec, resume: bool, threads: Optional[int] = None
     cmd = [sys.executable, str(RUN_SCRIPT), str(spec.dir / "config.json"), "--out", str(spec.dir)]
     if resume:
         cmd.append("--resume")
+    if _STOP.is_set():  # the benchmark is being interrupted: start nothing new
+        return 130
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads is not None:  # parallel runs share the cores: one thread pool each, no oversubscription
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -270,16 +272,40 @@ def subprocess_runner(spec: RunSpec, resume: bool, threads: Optional[int] = None
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         try:
             return proc.wait()
         except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _terminate(proc)
             raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+
+
+# Runs in flight (for --jobs: an interrupt reaches the main thread only, which stops them all).
+_LIVE: set = set()
+_LIVE_LOCK = threading.Lock()
+_STOP = threading.Event()
+
+
+def _terminate(proc: "subprocess.Popen") -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def stop_live_runs() -> None:
+    """Stop every run in flight and start no new one (the benchmark was interrupted)."""
+    _STOP.set()
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        _terminate(proc)
 
 
 def headline(results: Dict[str, Any]) -> str:
@@ -345,9 +371,15 @@ def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpe
         for k, spec in enumerate(runs, 1):
             one(k, spec)
         return failed
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         for future in [pool.submit(one, k, spec) for k, spec in enumerate(runs, 1)]:
             future.result()
+    except BaseException:  # Ctrl-C / SIGTERM reach this thread only: cancel the queue, stop the runs in flight
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_live_runs()
+        raise
+    pool.shutdown()
     order = {id(spec): k for k, spec in enumerate(runs)}
     return sorted(failed, key=lambda spec: order[id(spec)])
 

@@ -429,3 +429,42 @@ def test_jobs_run_specs_side_by_side_and_report_failures_in_plan_order(tmp_path)
     assert sum("started" in ln for ln in lines) == 6
     with pytest.raises(bm.ConfigError, match="--jobs"):
         bm.run_benchmark(["x.json"], jobs=0)
+
+
+def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
+    """With --jobs, an interrupt (it reaches the main thread only) cancels queued runs and terminates the
+    ones in flight: no run goes on training after the benchmark is gone."""
+    import subprocess
+    import sys as _sys
+
+    started = []
+
+    def runner(spec, resume):
+        proc = subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
+        with bm._LIVE_LOCK:
+            bm._LIVE.add(proc)
+        started.append(proc)
+        try:
+            return proc.wait()
+        finally:
+            with bm._LIVE_LOCK:
+                bm._LIVE.discard(proc)
+
+    specs = [bm.RunSpec("c", "baseline", k, {"seed": [k]}, tmp_path / f"run_{k}") for k in range(5)]
+    import os
+    import signal
+    import threading
+    import time as _time
+
+    def interrupting_echo(line, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 2:  # both workers are starting a run: Ctrl-C while the main thread waits
+            threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+
+    monkeypatch.setattr(bm, "_STOP", threading.Event())
+    start = _time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        bm.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
+    assert _time.perf_counter() - start < 30, "the interrupt waited for the runs to end"
+    assert len(started) == 2
+    assert all(p.poll() is not None for p in started), "a run was left running"
