@@ -20,7 +20,7 @@ Independent of PyCIL.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch import nn
 from .channel_masks import MASKS_ATTR, ChannelMasks, ConvBN, remove_channel_masks
 
 __all__ = ["PrunedConvBN", "live_input_channels", "prune_conv_bn", "prune_masked",
-           "max_output_difference", "count_parameters", "count_flops"]
+           "max_output_difference", "output_difference_and_scale", "count_parameters", "count_flops"]
 
 
 def _conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -191,23 +191,32 @@ def max_output_difference(reference: nn.Module, other: nn.Module, example_shape:
 
     Outputs may be tensors or dicts of tensors (PyCIL convnets return {"features": ...}).
     """
+    return output_difference_and_scale(reference, other, example_shape, trials, key)[0]
+
+
+def output_difference_and_scale(reference: nn.Module, other: nn.Module, example_shape: Sequence[int],
+                                trials: int = 2, key: str = "features") -> Tuple[float, float]:
+    """(largest |reference(x) - other(x)|, largest |reference(x)|) over the same `trials` random inputs
+    x ~ N(0, 1) of shape `example_shape` (both modules in eval mode; their modes are restored)."""
     states = {m: m.training for m in list(reference.modules()) + list(other.modules())}
     reference.eval()
     other.eval()
     param = next(reference.parameters())
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     try:
-        for t in range(trials):
-            gen = torch.Generator().manual_seed(1000 + t)
-            x = torch.randn(*example_shape, generator=gen, dtype=param.dtype).to(param.device)
-            a, b = reference(x), other(x)
-            if isinstance(a, dict):
-                a, b = a[key], b[key]
-            worst = max(worst, float((a - b).abs().max()))
+        with torch.no_grad():
+            for t in range(trials):
+                gen = torch.Generator().manual_seed(1000 + t)
+                x = torch.randn(*example_shape, generator=gen, dtype=param.dtype).to(param.device)
+                a, b = reference(x), other(x)
+                if isinstance(a, dict):
+                    a, b = a[key], b[key]
+                worst = max(worst, float((a - b).abs().max()))
+                scale = max(scale, float(a.abs().max()))
     finally:
         for m, flag in states.items():
             m.train(flag)
-    return worst
+    return worst, scale
 
 
 def count_parameters(net: nn.Module) -> int:
