@@ -736,6 +736,48 @@ def box_iou_of_run(run_dir: str, idata) -> Optional[BoxIoU]:
     return box_ious(stored, true, tuple(idata.image_size))
 
 
+def old_new_rows(groups, order) -> List[Dict[str, Any]]:
+    """Per (config, variant) and phase: mean over seeds of top-1 on the old classes (mean over earlier
+    tasks of the accuracy matrix) and on the new ones (this phase's task), exemplars per class and, for CIM,
+    the stored boxes' mean area fraction. Phases without an accuracy matrix are left out."""
+    rows = []
+    for stem, variant in order:
+        runs = groups[(stem, variant)]
+        n_phases = min(len(r.get("phases") or []) for r in runs.values())
+        for p in range(n_phases):
+            old, new, per_class, box = [], [], [], []
+            for r in runs.values():
+                matrix = r.get("accuracy_matrix_cnn") or []
+                if p < len(matrix) and matrix[p][p] is not None:
+                    new.append(matrix[p][p])
+                    if p > 0:
+                        old.append(float(np.mean([v for v in matrix[p][:p] if v is not None])))
+                phase = r["phases"][p]
+                per_class.append((phase.get("exemplars_per_class") or {}).get("mean"))
+                box.append(phase.get("mean_box_fraction"))
+            rows.append({"config": stem, "variant": variant, "phase": p, "old": mean_std(old)[:2],
+                         "new": mean_std(new)[:2], "exemplars_per_class": mean_std(per_class)[:2],
+                         "box_fraction": mean_std(box)[:2]})
+    return rows
+
+
+def old_new_section(groups, order) -> List[str]:
+    """Markdown: accuracy on old vs new classes per phase, with exemplars per class and box area."""
+    rows = old_new_rows(groups, order)
+    if not rows:
+        return []
+    lines = ["", "## Old and new classes per phase (mean ± std over seeds)", "",
+             "| config | variant | phase | top-1 old classes (%) | top-1 new classes (%) | exemplars / class "
+             "| stored box area fraction |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["config"], r["variant"], str(r["phase"]), fmt(*r["old"]) if r["phase"] > 0 else "—", fmt(*r["new"]),
+            fmt(*r["exemplars_per_class"], 1), fmt(*r["box_fraction"], 3)]) + " |")
+    lines += ["", "Old = mean top-1 over the tasks of earlier phases (accuracy matrix row of this phase); new = "
+              "top-1 on this phase's task. Box area fraction = mean stored box area / image area (CIM only)."]
+    return lines
+
+
 def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
     """Markdown of the object-size tables and the box IoU table (configs whose dataset has boxes)."""
     lines: List[str] = []
@@ -977,6 +1019,7 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
         "(s.e. = sample std of the paired differences / √seeds; summary.csv also has their std); a gain is "
         "resolved from noise when gain − 1 s.e. > 0. Time ratio = total wall time "
         "of the variant / of the baseline over the same seeds. Memory is the bytes held after the last phase."]
+    lines += old_new_section(groups, order)
     lines += object_size_section(groups, order, datasets)
 
     panels = curve_panels(groups, order)

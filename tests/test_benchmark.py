@@ -468,3 +468,22 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
     assert _time.perf_counter() - start < 30, "the interrupt waited for the runs to end"
     assert len(started) == 2
     assert all(p.poll() is not None for p in started), "a run was left running"
+
+
+def test_old_and_new_class_accuracy_per_phase():
+    """The report's old/new table: old = mean of the earlier tasks' accuracies in the matrix row, new = the
+    phase's own task, averaged over seeds; box fraction and exemplars per class carried along."""
+    def run(matrix, box):
+        phases = [{"exemplars_per_class": {"mean": 10.0 - i}, "mean_box_fraction": box} for i in range(len(matrix))]
+        return {"accuracy_matrix_cnn": matrix, "phases": phases}
+
+    groups = {("c", "cim"): {1: run([[50.0, None, None], [20.0, 60.0, None], [10.0, 30.0, 70.0]], 0.2),
+                             2: run([[40.0, None, None], [30.0, 50.0, None], [20.0, 10.0, 50.0]], 0.4)}}
+    rows = bm.old_new_rows(groups, [("c", "cim")])
+    assert [r["phase"] for r in rows] == [0, 1, 2]
+    assert math.isnan(rows[0]["old"][0]) and rows[0]["new"][0] == pytest.approx(45.0)
+    assert rows[1]["old"][0] == pytest.approx(25.0) and rows[1]["new"][0] == pytest.approx(55.0)
+    assert rows[2]["old"][0] == pytest.approx((20.0 + 15.0) / 2) and rows[2]["new"][0] == pytest.approx(60.0)
+    assert rows[2]["exemplars_per_class"][0] == pytest.approx(8.0) and rows[2]["box_fraction"][0] == pytest.approx(0.3)
+    text = "\n".join(bm.old_new_section(groups, [("c", "cim")]))
+    assert "| c | cim | 2 | 17.50 ± 3.54 | 60.00 ± 14.14 | 8.0 ± 0.0 | 0.300 ± 0.141 |" in text
