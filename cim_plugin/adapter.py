@@ -273,8 +273,11 @@ class DataManagerProxy:
             dataset = CompressAugmentDataset(dataset, learner._cim_pipeline, learner._cim_cfg["compress_ratio"])
             learner._cim_train_new = dataset
         if memory_part is not None and len(memory_part):
-            dataset = _Concat([dataset, ExemplarDataset(memory_part.memory, dataset.trsf if hasattr(dataset, "trsf")
-                                                         else dataset.base.trsf)])
+            exemplars = ExemplarDataset(memory_part.memory, dataset.trsf if hasattr(dataset, "trsf")
+                                        else dataset.base.trsf)
+            if source == "train" and mode == "train":
+                learner._cim_train_memory = exemplars  # decoded once per phase; the meta batches reuse it
+            dataset = _Concat([dataset, exemplars])
         return (*result[:2], dataset) if ret_data else dataset
 
     def _trsf(self, mode):
@@ -355,6 +358,7 @@ class CIMMixin:
         self._cim_phase_lr0: Optional[float] = None  # lr of the phase's first epoch
         self._cim_meta_lr: Optional[float] = None  # lr of the epoch just trained (used by the meta steps)
         self._cim_meta_source: Optional[Dataset] = None  # new data + decoded memory, train transforms
+        self._cim_train_memory: Optional[ExemplarDataset] = None  # the phase loader's decoded memory
         self._cim_meta_log: List[Dict[str, float]] = []
         self._cim_sources: Dict[int, torch.Tensor] = {}  # class -> train indices of its exemplars, memory order
         self._cim_cams: Dict[int, torch.Tensor] = {}  # class -> CAMs of its first exemplars (for figures)
@@ -386,6 +390,7 @@ class CIMMixin:
         self._cim_cil_optimizer = None
         self._cim_epoch_lr = self._cim_phase_lr0 = self._cim_meta_lr = None
         self._cim_meta_source = None
+        self._cim_train_memory = None
         self._cim_seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0}
         self._cim_calls = {key: 0 for key in self._cim_seconds}
         return super().incremental_train(DataManagerProxy(data_manager, self))
@@ -648,7 +653,9 @@ class CIMMixin:
             base = dataset.base
             parts = [base]
             if self._cim_memory is not None and len(self._cim_memory):
-                parts.append(ExemplarDataset(self._cim_memory, base.trsf))
+                memory = self._cim_train_memory  # the loader's decoded memory (train transforms), if built
+                parts.append(memory if memory is not None and memory.memory is self._cim_memory
+                             else ExemplarDataset(self._cim_memory, base.trsf))
             self._cim_meta_source = _Concat(parts) if len(parts) > 1 else base
         return self._cim_meta_source
 
