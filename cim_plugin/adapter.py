@@ -38,6 +38,7 @@ from .herding import herding_order
 from .inner_losses import inner_loss_for
 from .memory import CompressedMemory
 from .pycil import learner_modules
+from .rng import random_streams_untouched
 
 log = logging.getLogger("cim_plugin")
 
@@ -217,21 +218,31 @@ class ExemplarDataset(Dataset):
 
 class CompressAugmentDataset(Dataset):
     """New-class training images, each compressed with its current box with probability `prob`
-    (CIM's compression augmentation). Boxes are in stored-image coordinates."""
+    (CIM's compression augmentation). Boxes are in stored-image coordinates.
 
-    def __init__(self, base, pipeline: ImagePipeline, compress_ratio: float):
+    Whether item `idx` is compressed in pass `salt` is a pure function of (seed, salt, idx), drawn from a
+    generator of its own: the host's random stream (shuffling, crops, flips) is the same as without CIM,
+    and the draws are the same in every loader worker."""
+
+    def __init__(self, base, pipeline: ImagePipeline, compress_ratio: float, seed: int = 0):
         self.base = base
         self.pipeline = pipeline
         self.ratio = compress_ratio
         self.boxes: Optional[torch.Tensor] = None
         self.prob = 0.0
+        self.seed = int(seed)
+        self.salt = 0  # set before each pass over the data
         self.images, self.labels = base.images, base.labels
+
+    def _coin(self, idx: int) -> float:
+        key = ((self.seed * 1_000_003 + self.salt) * 1_000_003 + int(idx)) % (1 << 62)
+        return float(torch.rand((), generator=torch.Generator().manual_seed(key)))
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, idx):
-        if self.boxes is None or self.prob <= 0 or float(torch.rand(())) >= self.prob:
+        if self.boxes is None or self.prob <= 0 or self._coin(idx) >= self.prob:
             return self.base[idx]
         stored = self.pipeline.load(self.base.images[idx])
         image = compress(stored.unsqueeze(0), self.boxes[idx : idx + 1], self.ratio)[0]
@@ -270,7 +281,8 @@ class DataManagerProxy:
         result = self._dm.get_dataset(indices, source, mode, appendent=appendent, ret_data=ret_data, m_rate=m_rate)
         dataset = result[2] if ret_data else result
         if source == "train" and mode == "train":
-            dataset = CompressAugmentDataset(dataset, learner._cim_pipeline, learner._cim_cfg["compress_ratio"])
+            dataset = CompressAugmentDataset(dataset, learner._cim_pipeline, learner._cim_cfg["compress_ratio"],
+                                             seed=int(learner.args.get("seed", 0)) * 1009 + learner._cur_task)
             learner._cim_train_new = dataset
         if memory_part is not None and len(memory_part):
             exemplars = ExemplarDataset(memory_part.memory, dataset.trsf if hasattr(dataset, "trsf")
@@ -426,11 +438,12 @@ class CIMMixin:
     def build_rehearsal_memory(self, data_manager, per_class):
         """Byte-budgeted herding over compressed exemplars; class means from decoded exemplars."""
         dm = data_manager._dm if isinstance(data_manager, DataManagerProxy) else data_manager
-        if self._cim_cfg["cim_mask"] == "cim" and self._cim_train_new is not None:
-            self._cim_meta_lr = self._cim_epoch_lr  # the last epoch's lr
-            self._cim_meta_steps(self._cim_train_new)  # the meta steps that follow the last epoch
-        with self._cim_timed("memory_build"):
-            self._cim_build_memory(dm)
+        with random_streams_untouched():
+            if self._cim_cfg["cim_mask"] == "cim" and self._cim_train_new is not None:
+                self._cim_meta_lr = self._cim_epoch_lr  # the last epoch's lr
+                self._cim_meta_steps(self._cim_train_new)  # the meta steps that follow the last epoch
+            with self._cim_timed("memory_build"):
+                self._cim_build_memory(dm)
 
     def _cim_build_memory(self, dm) -> None:
         pipeline = self._cim_pipeline
@@ -554,9 +567,14 @@ class CIMMixin:
     # -- per-epoch hook ----------------------------------------------------------------------
     def _cim_on_epoch(self):
         """Before each epoch: the mask model's meta steps (CIM mode), then, on schedule, refresh the
-        boxes of the new-class images and raise the compression-augmentation probability."""
+        boxes of the new-class images and raise the compression-augmentation probability. Runs on the
+        host's random streams without moving them (see `rng`)."""
         if self._cim_paused:
             return
+        with random_streams_untouched():
+            self._cim_on_epoch_untouched()
+
+    def _cim_on_epoch_untouched(self):
         epoch = self._cim_epoch
         self._cim_epoch += 1
         self._cim_meta_lr = self._cim_epoch_lr  # meta steps now follow the epoch just trained, at its lr
@@ -566,6 +584,7 @@ class CIMMixin:
         dataset = self._cim_train_new
         if dataset is None:
             return
+        dataset.salt = epoch
         if self._cim_cfg["cim_mask"] == "cim" and epoch > 0:
             self._cim_meta_steps(dataset)
         interval = self._cim_cfg["cam_update_interval"]

@@ -290,3 +290,38 @@ def test_meta_steps_follow_the_official_code(tmp_path, monkeypatch, learner, los
     assert all(bool((flat == row).all(1).any()) for row in decoded)
     assert (memory.boxes[:, 2] - memory.boxes[:, 0] < memory.sizes[:, 1]).any() or \
         (memory.boxes[:, 3] - memory.boxes[:, 1] < memory.sizes[:, 0]).any(), "every box is the whole image"
+
+
+# ----------------------------------------------------------------------------- common random numbers
+@requires_pycil
+@pytest.mark.parametrize("learner", ["icarl", "der"])
+def test_cim_leaves_the_hosts_random_stream_alone(tmp_path, learner):
+    """With the compression augmentation off, a CIM run's phase 0 trains exactly the baseline's network:
+    meta steps (random meta batches through the train transforms), box refreshes and the memory build
+    run on the host's random streams without moving them, so a seed's paired difference measures CIM,
+    not a different draw of shuffles and crops."""
+    from cim_plugin.adapter import unwrap
+    from cim_plugin.runner import prepare, run_seed
+
+    torch.set_num_threads(1)
+    states = {}
+    for cim in (False, True):
+        extra = dict(cim=True, cim_mask="cim", randombbxblur_prob_incre=0.0, cam_update_interval=1,
+                     meta_batch_size=4) if cim else {}
+        config = prepare(tiny_learner_config(learner, synthetic_num_classes=10, init_epoch=3,
+                                             init_milestones=[2], **extra))
+        seen = {}
+
+        def on_phase(learner_obj, data_manager, results, seen=seen):
+            if learner_obj._cur_task == 0:
+                net = unwrap(learner_obj._network)
+                seen["state"] = {k: v.clone() for k, v in net.state_dict().items()}
+                seen["meta"] = len(getattr(learner_obj, "_cim_meta_log", []))
+
+        run_seed(config, config["seed"][0], tmp_path / str(cim), on_phase=on_phase)
+        states[cim] = seen
+    assert states[True]["meta"] > 0, "the CIM run must have run meta steps for this test to mean anything"
+    base, cim = states[False]["state"], states[True]["state"]
+    assert base.keys() == cim.keys()
+    for key in base:
+        assert torch.equal(base[key], cim[key]), f"phase-0 {key} differs between baseline and CIM"
