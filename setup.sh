@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command from a fresh clone: virtual environment, a torch+torchvision pair that import together,
-# the pinned PyCIL submodule, then the demo run.     bash setup.sh [--no-demo]
+# the pinned PyCIL submodule, then the demo (iCaRL vs iCaRL+CIM).     bash setup.sh [--no-demo]
 set -euo pipefail
 cd "$(dirname "$0")"
 DEMO=1
@@ -47,6 +47,5 @@ fi
 
 "$VENV/bin/python" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 if [ "$DEMO" = 1 ]; then
-  echo "== demo: iCaRL vs iCaRL+CIM on the synthetic dataset (CPU) =="
-  "$VENV/bin/python" exps/run.py exps/demo.json --out runs/demo --overwrite
+  PYTHON="$VENV/bin/python" bash exps/demo.sh  # baseline and CIM side by side: table, curves.png, exemplars.png
 fi

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cim_plugin.config import CIM_DEFAULTS  # noqa: E402
-from cim_plugin.runner import run_config  # noqa: E402
+from cim_plugin.pycil.runner import run_config  # noqa: E402
 
 FOSTER = {"beta1": 0.96, "beta2": 0.97, "oofc": "ft", "is_teacher_wa": False, "is_student_wa": False,
           "lambda_okd": 1, "wa_value": 1, "init_lr": 0.1, "init_weight_decay": 5e-4, "lr": 0.1,
@@ -109,7 +109,7 @@ def phase_parts(row: dict, interval: int) -> tuple:
 
 
 def plot(rows: list, path: Path, interval: int) -> Path:
-    from cim_plugin.plots import plot_time_breakdown
+    from cim_plugin.bench.figures import plot_time_breakdown
 
     bars = []
     for r in rows:

@@ -3,7 +3,7 @@
 Feature maps are random tensors (the network forward is excluded): 64 channels 8x8 for 32/64 px
 images (resnet32-like), 512 channels 7x7 for 224 px (resnet18-like). Batch 128, one thread unless
 ``--threads`` says otherwise. The cost table compares the stored bytes of centred boxes
-(:func:`cim_plugin.codec.exemplar_cost`) with the paper's ``a + (1 - a)/r`` full images.
+(:func:`cim_plugin.method.codec.exemplar_cost`) with the paper's ``a + (1 - a)/r`` full images.
 Run: ``python benchmarks/bench_codec.py``.
 """
 
@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from cim_plugin.boxes import cam_to_boxes, center_boxes
-from cim_plugin.cam import cam_from_feature_maps
-from cim_plugin.codec import decode, encode, exemplar_cost
+from cim_plugin.method.boxes import cam_to_boxes, center_boxes
+from cim_plugin.method.cam import cam_from_feature_maps
+from cim_plugin.method.codec import decode, encode, exemplar_cost
 
 
 def _time(fn, repeats):

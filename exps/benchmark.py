@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from cim_plugin.benchmark import run_benchmark
+    from cim_plugin.bench.runs import run_benchmark
+    from cim_plugin.pycil import checks
     from cim_plugin.config import ConfigError
     from cim_plugin.datasets import DatasetLayoutError
     from cim_plugin.pycil import PyCILMissing
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     try:
         return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,
                              resume=args.resume, overwrite=args.overwrite, report_only=args.report_only,
-                             jobs=args.jobs)
+                             jobs=args.jobs, checks=checks)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

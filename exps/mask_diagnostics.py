@@ -32,14 +32,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cim_plugin import checkpoint  # noqa: E402
-from cim_plugin.adapter import FmapView  # noqa: E402
-from cim_plugin.benchmark import box_ious  # noqa: E402
-from cim_plugin.boxes import cam_to_boxes  # noqa: E402
-from cim_plugin.cam import raw_cam  # noqa: E402
-from cim_plugin.cim_branch import CIMBranch  # noqa: E402
+from cim_plugin.pycil import checkpoint  # noqa: E402
+from cim_plugin.pycil.network import FmapView  # noqa: E402
+from cim_plugin.bench.sizes import box_ious  # noqa: E402
+from cim_plugin.method.boxes import cam_to_boxes  # noqa: E402
+from cim_plugin.method.cam import raw_cam  # noqa: E402
+from cim_plugin.method.cim_branch import CIMBranch  # noqa: E402
 from cim_plugin.datasets import build_idata  # noqa: E402
-from cim_plugin.pau import PAU  # noqa: E402
+from cim_plugin.method.pau import PAU  # noqa: E402
 from cim_plugin.pycil import import_pycil  # noqa: E402
 
 
@@ -106,7 +106,7 @@ class LeftClampedBranch(CIMBranch):
 
 def preactivation_tails(view: FmapView, x: torch.Tensor, bounds=(-3.0, -6.0)) -> Dict[str, list]:
     """Share of the inputs of each ReLU site (call order) below each bound, from the plain network."""
-    from cim_plugin.cim_branch import _ReluMode
+    from cim_plugin.method.cim_branch import _ReluMode
 
     shares = {str(b): [] for b in bounds}
 
@@ -129,7 +129,7 @@ def load_run(run_dir: Path):
     pred = np.load(run_dir / "predictions.npz")
     idata = build_idata(config["dataset"], config)
     idata.download_data()
-    return state["_network"].eval(), state.get("_cim_branch"), idata, np.asarray(pred["class_order"]), config
+    return state["_network"].eval(), getattr(state.get("_cim"), "branch", state.get("_cim_branch")), idata, np.asarray(pred["class_order"]), config
 
 
 def test_inputs(idata, class_order: np.ndarray, known: int, n: int, seed: int = 0):

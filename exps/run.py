@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cim_plugin.cli import main  # noqa: E402
+from cim_plugin.pycil.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

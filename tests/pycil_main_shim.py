@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cim_plugin.config import with_defaults  # noqa: E402
-from cim_plugin.pycil import import_pycil, patched, resolve_devices  # noqa: E402
-from cim_plugin.runner import load_dataset  # noqa: E402
+from cim_plugin.pycil.host import import_pycil, patched, resolve_devices  # noqa: E402
+from cim_plugin.pycil.runner import load_dataset  # noqa: E402
 
 
 def main(config_path: str) -> None:

@@ -27,8 +27,8 @@ def _dernet(inc_net, phases=2, classes=3):
 
 @requires_pycil
 def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
-    from cim_plugin.adapter import fmaps_and_features
-    from cim_plugin.cam import cam_from_feature_maps, minmax_normalize
+    from cim_plugin.pycil.network import fmaps_and_features
+    from cim_plugin.method.cam import cam_from_feature_maps, minmax_normalize
 
     net = _dernet(pycil)
     x = torch.randn(4, 3, 32, 32)
@@ -50,7 +50,7 @@ def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
 
 @requires_pycil
 def test_fmap_view_gives_the_networks_logits(pycil):
-    from cim_plugin.adapter import FmapView
+    from cim_plugin.pycil.network import FmapView
 
     net = _dernet(pycil)
     x = torch.randn(2, 3, 32, 32)
@@ -60,8 +60,8 @@ def test_fmap_view_gives_the_networks_logits(pycil):
 
 @requires_pycil
 def test_cim_branch_grows_with_a_new_backbone(pycil):
-    from cim_plugin.adapter import FmapView
-    from cim_plugin.cim_branch import CIMBranch
+    from cim_plugin.pycil.network import FmapView
+    from cim_plugin.method.cim_branch import CIMBranch
 
     x = torch.randn(2, 3, 32, 32)
     branch = CIMBranch()
@@ -71,7 +71,7 @@ def test_cim_branch_grows_with_a_new_backbone(pycil):
 
 
 def test_pipeline_batched_input_equals_pycil_test_transform():
-    from cim_plugin.adapter import ImagePipeline
+    from cim_plugin.pycil.data import ImagePipeline
     from torchvision import transforms
 
     class DM:
@@ -90,7 +90,7 @@ def test_pipeline_batched_input_equals_pycil_test_transform():
 
 @requires_pycil
 def test_learners_without_memory_are_detected(pycil):
-    from cim_plugin.adapter import keeps_memory
+    from cim_plugin.pycil.mixin import keeps_memory
     from cim_plugin.pycil import learner_class
 
     assert keeps_memory(learner_class("icarl")) and keeps_memory(learner_class("der"))
@@ -99,8 +99,9 @@ def test_learners_without_memory_are_detected(pycil):
 
 
 def test_compression_augmentation_replaces_images_by_their_compressed_version():
-    from cim_plugin.adapter import CompressAugmentDataset, ImagePipeline
-    from cim_plugin.codec import compress
+    from cim_plugin.method.data import CompressAugmentDataset
+    from cim_plugin.pycil.data import ImagePipeline
+    from cim_plugin.method.codec import compress
     from torchvision import transforms
 
     class DM:
@@ -135,8 +136,8 @@ def test_unusable_learned_cams_fall_back_to_the_cil_models_cams_only_where_neede
     images take the CIL model's CAM (and boxes equal those of the mixed CAMs)."""
     from types import SimpleNamespace
 
-    from cim_plugin.adapter import CIMMixin
-    from cim_plugin.boxes import cam_to_boxes
+    from cim_plugin.method.boxes import cam_to_boxes
+    from cim_plugin.method.cim import CIM
 
     torch.manual_seed(0)
     n, H, W = 6, 16, 16
@@ -146,27 +147,27 @@ def test_unusable_learned_cams_fall_back_to_the_cil_models_cams_only_where_neede
     cil = torch.rand(n, H, W)
     forwarded = []
 
-    def forward_chunks(images, labels):
+    def forward_chunks(network, images, labels):
         forwarded.append(len(images))
         idx = images[:, 0, 0, 0].long()  # image i carries its index in pixel (0, 0, 0)
         return torch.zeros(len(images), 8), cil[idx]
 
     fake = SimpleNamespace(
-        _cim_cfg={"cim_mask": "cim", "mask_threshold": 0.6}, _cim_branch=object(),
-        _branch_cams=lambda images, labels: learned.clone(), _forward_chunks=forward_chunks,
-        _cim_generator=torch.Generator().manual_seed(0),
+        config={"cim_mask": "cim", "mask_threshold": 0.6}, branch=object(),
+        _branch_cams=lambda network, images, labels: learned.clone(), _forward_chunks=forward_chunks,
+        generator=torch.Generator().manual_seed(0),
     )
     images = torch.zeros(n, 3, H, W, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
     labels = torch.zeros(n, dtype=torch.long)
-    features, boxes = CIMMixin._features_and_boxes(fake, images, labels, need_features=False)
+    features, boxes = CIM._features_and_boxes(fake, None, images, labels, need_features=False)
     assert features is None and forwarded == [2]  # only the two unusable images went through the CIL net
     expected = learned.nan_to_num(0.0)
     expected[[1, 4]] = cil[[1, 4]]
-    assert torch.equal(fake._cim_last_cams, expected)
+    assert torch.equal(fake.last_cams, expected)
     assert torch.equal(boxes, cam_to_boxes(expected, 0.6))
     forwarded.clear()
-    features, boxes_all = CIMMixin._features_and_boxes(fake, images, labels)  # memory build: features needed
+    features, boxes_all = CIM._features_and_boxes(fake, None, images, labels)  # memory build: features needed
     assert forwarded == [n] and features.shape == (n, 8) and torch.equal(boxes_all, boxes)
 
 
@@ -174,9 +175,9 @@ def test_exemplar_dataset_decodes_once_and_gives_the_per_item_images():
     """The once-per-phase batched decode must give exactly the per-item decode (mixed image sizes too)."""
     from torchvision import transforms
 
-    from cim_plugin.adapter import ExemplarDataset
-    from cim_plugin.boxes import random_boxes
-    from cim_plugin.memory import CompressedMemory
+    from cim_plugin.method.data import ExemplarDataset
+    from cim_plugin.method.boxes import random_boxes
+    from cim_plugin.method.memory import CompressedMemory
 
     g = torch.Generator().manual_seed(0)
     memory = CompressedMemory(10**7, 4.0)
@@ -198,13 +199,16 @@ def test_exemplar_dataset_decodes_once_and_gives_the_per_item_images():
 def test_foster_compression_epochs_run_no_cim_work():
     """As in the official code, FOSTER's compression epochs get no meta steps and no box refreshes: the
     per-epoch hook neither works nor advances CIM's epoch counter there (and works again afterwards)."""
-    from cim_plugin.adapter import CIMMixin
+    from types import SimpleNamespace
+
     from cim_plugin.config import CIM_DEFAULTS
+    from cim_plugin.pycil.mixin import CIMMixin
 
     class Host:  # stands in for a PyCIL learner with a compression stage
         def __init__(self, args):
             self.args = args
             self._cur_task = 0
+            self._network = torch.nn.Identity()
 
         def _feature_compression(self, epochs):
             for _ in range(epochs):
@@ -212,13 +216,14 @@ def test_foster_compression_epochs_run_no_cim_work():
             return "distilled"
 
     learner = type("CIMHost", (CIMMixin, Host), {})({**CIM_DEFAULTS, "seed": 0})
+    cim = learner._cim
     worked = []
-    learner._cim_meta_steps = lambda dataset: worked.append(dataset)
-    learner._cim_train_new = "new-class data"
+    cim._meta_steps = lambda network, dataset, lr: worked.append(dataset)
+    cim.train_new = SimpleNamespace(salt=None)  # the phase's new-class data (only its pass counter is read)
     learner._cim_on_epoch()  # epoch 0: nothing yet
     learner._cim_on_epoch()  # epoch 1: meta steps
-    assert learner._cim_epoch == 2 and len(worked) == 1
+    assert cim.epoch == 2 and len(worked) == 1 and cim.train_new.salt == 1
     assert learner._feature_compression(3) == "distilled"
-    assert learner._cim_epoch == 2 and len(worked) == 1 and not learner._cim_paused
+    assert cim.epoch == 2 and len(worked) == 1 and not learner._cim_paused
     learner._cim_on_epoch()
-    assert learner._cim_epoch == 3 and len(worked) == 2
+    assert cim.epoch == 3 and len(worked) == 2

@@ -44,7 +44,7 @@ def test_time_breakdown_parts_add_up_and_plot(tmp_path):
 
 
 def test_time_breakdown_rejects_bars_without_parts(tmp_path):
-    from cim_plugin.plots import plot_time_breakdown
+    from cim_plugin.bench.figures import plot_time_breakdown
 
     with pytest.raises(ValueError, match="parts"):
         plot_time_breakdown([{"label": "x"}], tmp_path / "t.png")

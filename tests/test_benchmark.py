@@ -14,9 +14,10 @@ import torch
 
 from conftest import REPO, requires_pycil, tiny_config, write_config
 
-from cim_plugin import benchmark as bm
+from cim_plugin.bench import report, runs as bench_runs, sizes, tables
 from cim_plugin.config import ConfigError
-from cim_plugin.memory import CompressedMemory
+from cim_plugin.pycil import checks as pycil_checks
+from cim_plugin.method.memory import CompressedMemory
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,7 +54,7 @@ def test_report_numbers_mean_std_gain_and_time_ratio(tmp_path):
                      cim=True, counts=(8, 8, 6, 10))
     fake_results(tmp_path / "icarl_x" / "cim" / "seed_4", seed=4, aia=0.0, cim=True, finished=False)  # left out
 
-    written = bm.build_report(tmp_path, dataset_loader=lambda config: None)
+    written = report.build_report(tmp_path, dataset_loader=lambda config: None)
     rows = read_csv(tmp_path / "summary.csv")
     b, c = rows[("icarl_x", "baseline")], rows[("icarl_x", "cim")]
     assert float(b["aia_cnn_mean"]) == pytest.approx(42.0)
@@ -77,10 +78,10 @@ def test_report_numbers_mean_std_gain_and_time_ratio(tmp_path):
 
 
 def test_single_seed_has_no_std_and_empty_folder_gives_a_stub(tmp_path):
-    assert bm.mean_std([3.0]) == (3.0, pytest.approx(float("nan"), nan_ok=True), 1)
-    assert bm.fmt(*bm.mean_std([3.0])[:2]) == "3.00"
-    assert bm.fmt(float("nan")) == "—"
-    written = bm.build_report(tmp_path)
+    assert tables.mean_std([3.0]) == (3.0, pytest.approx(float("nan"), nan_ok=True), 1)
+    assert tables.fmt(*tables.mean_std([3.0])[:2]) == "3.00"
+    assert tables.fmt(float("nan")) == "—"
+    written = report.build_report(tmp_path)
     assert "No finished run" in written["summary.md"].read_text()
 
 
@@ -108,8 +109,8 @@ def _cim_artifacts(run_dir, idata, order, boxes_fn, counts):
 
 
 def test_object_size_tables_box_iou_and_exemplar_grid(tmp_path):
-    idata = bm.load_dataset(SYN)
-    info = bm.size_info(idata)
+    idata = sizes.load_dataset(SYN)
+    info = sizes.size_info(idata)
     assert info is not None and info.thresholds[0] < info.thresholds[1]
     order = np.array([3, 0, 5, 1, 4, 2])  # incremental id -> original label
     groups = np.array([info.class_group[int(c)] for c in order])
@@ -133,39 +134,39 @@ def test_object_size_tables_box_iou_and_exemplar_grid(tmp_path):
         if boxes_fn:
             _cim_artifacts(run_dir, idata, order, boxes_fn, counts)
 
-    runs = bm.collect_runs(tmp_path)
-    split = bm.size_split(runs[("icarl_syn", "cim-cam")], info)
+    runs = tables.collect_runs(tmp_path)
+    split = sizes.size_split(runs[("icarl_syn", "cim-cam")], info)
     assert [m for m, _ in split["exemplars"]] == pytest.approx([2.0, 4.0, 6.0])
     assert split["accuracy"][0][0] == pytest.approx(100.0)
     assert split["accuracy"][1][0] == pytest.approx(0.0) and split["accuracy"][2][0] == pytest.approx(0.0)
 
-    iou_true = bm.box_iou_of_run(runs[("icarl_syn", "cim-cam")][1]["_dir"], idata)
+    iou_true = sizes.box_iou_of_run(runs[("icarl_syn", "cim-cam")][1]["_dir"], idata)
     assert iou_true.iou == pytest.approx(1.0) and iou_true.box_fraction == pytest.approx(iou_true.true_fraction)
     # true boxes moved elsewhere overlap their objects less
     assert iou_true.random_iou < 0.6 and iou_true.center_iou < 0.9
-    iou_full = bm.box_iou_of_run(runs[("icarl_syn", "cim-center")][1]["_dir"], idata)
+    iou_full = sizes.box_iou_of_run(runs[("icarl_syn", "cim-center")][1]["_dir"], idata)
     assert iou_full.box_fraction == pytest.approx(1.0)
     assert iou_full.iou == pytest.approx(iou_full.true_fraction, abs=1e-6)  # whole image: IoU = true area fraction
     # a whole-image box has only one place: both references equal the stored boxes' IoU
     assert iou_full.random_iou == pytest.approx(iou_full.iou) and iou_full.center_iou == pytest.approx(iou_full.iou)
 
-    written = bm.build_report(tmp_path)
+    written = report.build_report(tmp_path)
     md = written["summary.md"].read_text()
     assert "## By object size" in md and "terciles" in md
-    assert "| icarl_syn | cim-cam | cam | 1.000 | " + bm.fmt(iou_true.random_iou, digits=3) + " | " \
-        + bm.fmt(iou_true.center_iou, digits=3) + " |" in md
+    assert "| icarl_syn | cim-cam | cam | 1.000 | " + tables.fmt(iou_true.random_iou, digits=3) + " | " \
+        + tables.fmt(iou_true.center_iou, digits=3) + " |" in md
     assert "same-size random IoU | same-size centred IoU" in md
     data = written["exemplars.png"].read_bytes()
     assert data.startswith(PNG) and len(data) > 10000
 
 
 def test_exemplar_columns_hold_original_cam_box_and_decoded(tmp_path):
-    idata = bm.load_dataset(SYN)
+    idata = sizes.load_dataset(SYN)
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     order = np.arange(6)
     _cim_artifacts(run_dir, idata, order, lambda src: torch.as_tensor(idata.train_boxes)[src], [2] * 6)
-    columns, _ = bm.exemplar_columns(str(run_dir), idata, n_classes=3)
+    columns, _ = report.exemplar_columns(str(run_dir), idata, n_classes=3)
     assert len(columns) == 3
     for col in columns:
         assert col["original"].shape == (3, 32, 32) and col["original"].dtype == np.uint8
@@ -177,12 +178,12 @@ def test_exemplar_columns_hold_original_cam_box_and_decoded(tmp_path):
 
 
 def test_variants_and_mask_modes():
-    assert list(bm.variants_for({})) == ["baseline", "cim"]
-    assert bm.variants_for({"cim_mask": "cam"})["cim-cam"] == {"cim": True, "cim_mask": "cam"}
-    v = bm.variants_for({"cim_mask": "cam"}, ["random", "center", "random"])
+    assert list(bench_runs.variants_for({})) == ["baseline", "cim"]
+    assert bench_runs.variants_for({"cim_mask": "cam"})["cim-cam"] == {"cim": True, "cim_mask": "cam"}
+    v = bench_runs.variants_for({"cim_mask": "cam"}, ["random", "center", "random"])
     assert list(v) == ["baseline", "cim-random", "cim-center"]
     with pytest.raises(ConfigError, match="unknown mask mode"):
-        bm.variants_for({}, ["boxes"])
+        bench_runs.variants_for({}, ["boxes"])
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -206,7 +207,8 @@ class FakeRunner:
 def _bench(paths, out, **kw):
     messages = []
     kw.setdefault("runner", FakeRunner())
-    rc = bm.run_benchmark(paths, out_dir=out, echo=messages.append, warn=lambda m: messages.append("W " + m), **kw)
+    kw.setdefault("checks", pycil_checks)
+    rc = bench_runs.run_benchmark(paths, out_dir=out, echo=messages.append, warn=lambda m: messages.append("W " + m), **kw)
     return rc, messages
 
 
@@ -305,14 +307,14 @@ def test_tiny_end_to_end_benchmark(tmp_path):
 
 def test_box_ious_references_match_hand_computed_values():
     true = torch.tensor([[0, 0, 2, 2]])
-    ref = bm.box_ious(true.clone(), true, (10, 10), draws=4000)
+    ref = sizes.box_ious(true.clone(), true, (10, 10), draws=4000)
     assert ref.iou == pytest.approx(1.0) and ref.center_iou == 0.0  # centred 2x2 box misses the corner object
     # x0, y0 uniform in 0..8: IoU 1 at (0,0), 1/3 at (0,1) and (1,0), 1/7 at (1,1), else 0
     assert ref.random_iou == pytest.approx((1 + 2 / 3 + 1 / 7) / 81, rel=0.2)
     assert ref.box_fraction == pytest.approx(0.04) and ref.true_fraction == pytest.approx(0.04)
-    assert bm.box_ious(true.clone(), true, (10, 10)) == bm.box_ious(true.clone(), true, (10, 10))  # fixed seed
+    assert sizes.box_ious(true.clone(), true, (10, 10)) == sizes.box_ious(true.clone(), true, (10, 10))  # fixed seed
     centred = torch.tensor([[3, 3, 7, 7]])
-    ref = bm.box_ious(torch.tensor([[0, 0, 4, 4]]), centred, (10, 10))
+    ref = sizes.box_ious(torch.tensor([[0, 0, 4, 4]]), centred, (10, 10))
     assert ref.iou == pytest.approx(1 / 31) and ref.center_iou == pytest.approx(1.0)
 
 
@@ -355,21 +357,21 @@ def tiny_imagenet_tree(root, n_classes=4, train_per_class=10, val_per_class=4, s
 def test_class_names_is_a_list_on_every_dataset(tmp_path):
     from cim_plugin.datasets import build_idata
 
-    syn = bm.load_dataset(SYN)
+    syn = sizes.load_dataset(SYN)
     assert isinstance(syn.class_names, list) and len(syn.class_names) == 6
     wnids = tiny_imagenet_tree(tmp_path, n_classes=3, train_per_class=2, val_per_class=1, size=16)
     tiny = build_idata("tinyimagenet", {"data_root": str(tmp_path)})
     tiny.download_data()
     for idata, names in ((syn, syn.class_names), (tiny, wnids)):
-        assert bm.class_names_of(idata) == names
-    assert bm.class_names_of(None) is None
+        assert report.class_names_of(idata) == names
+    assert report.class_names_of(None) is None
 
     class Broken:
         def class_names(self):
             return ["a"]
 
     with pytest.raises(TypeError, match="must be a list"):
-        bm.class_names_of(Broken())
+        report.class_names_of(Broken())
 
 
 @requires_pycil
@@ -396,7 +398,7 @@ def test_benchmark_report_on_a_folder_dataset_with_true_boxes(tmp_path):
         data_ = (out / name).read_bytes()
         assert data_.startswith(PNG) and len(data_) > 5000, name
     assert "![stored exemplars" in md
-    columns, _ = bm.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"), bm.load_dataset(config))
+    columns, _ = report.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"), sizes.load_dataset(config))
     assert columns and all(col["title"].split("\n")[0] in wnids for col in columns)  # the wnids name the columns
     assert all(col["true_box"] is not None and col["original"].shape == (3, 32, 32) for col in columns)
 
@@ -406,7 +408,7 @@ def test_jobs_run_specs_side_by_side_and_report_failures_in_plan_order(tmp_path)
     import threading
     import time as _time
 
-    specs = [bm.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
+    specs = [bench_runs.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
                         tmp_path / f"run_{k}") for k in range(6)]
     running, peak, lock = [0], [0], threading.Lock()
 
@@ -423,12 +425,12 @@ def test_jobs_run_specs_side_by_side_and_report_failures_in_plan_order(tmp_path)
         return 0
 
     lines = []
-    failed = bm.execute_runs(specs, False, runner, lines.append, jobs=2)
+    failed = bench_runs.execute_runs(specs, False, runner, lines.append, jobs=2)
     assert peak[0] == 2
     assert [s.dir.name for s in failed] == ["run_1", "run_4"]
     assert sum("started" in ln for ln in lines) == 6
-    with pytest.raises(bm.ConfigError, match="--jobs"):
-        bm.run_benchmark(["x.json"], jobs=0)
+    with pytest.raises(bench_runs.ConfigError, match="--jobs"):
+        bench_runs.run_benchmark(["x.json"], jobs=0)
 
 
 def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
@@ -441,16 +443,16 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
 
     def runner(spec, resume):
         proc = subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
-        with bm._LIVE_LOCK:
-            bm._LIVE.add(proc)
+        with bench_runs._LIVE_LOCK:
+            bench_runs._LIVE.add(proc)
         started.append(proc)
         try:
             return proc.wait()
         finally:
-            with bm._LIVE_LOCK:
-                bm._LIVE.discard(proc)
+            with bench_runs._LIVE_LOCK:
+                bench_runs._LIVE.discard(proc)
 
-    specs = [bm.RunSpec("c", "baseline", k, {"seed": [k]}, tmp_path / f"run_{k}") for k in range(5)]
+    specs = [bench_runs.RunSpec("c", "baseline", k, {"seed": [k]}, tmp_path / f"run_{k}") for k in range(5)]
     import os
     import signal
     import threading
@@ -461,10 +463,10 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
         if calls[0] == 2:  # both workers are starting a run: Ctrl-C while the main thread waits
             threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 
-    monkeypatch.setattr(bm, "_STOP", threading.Event())
+    monkeypatch.setattr(bench_runs, "_STOP", threading.Event())
     start = _time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        bm.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
+        bench_runs.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
     assert _time.perf_counter() - start < 30, "the interrupt waited for the runs to end"
     assert len(started) == 2
     assert all(p.poll() is not None for p in started), "a run was left running"
@@ -479,11 +481,11 @@ def test_old_and_new_class_accuracy_per_phase():
 
     groups = {("c", "cim"): {1: run([[50.0, None, None], [20.0, 60.0, None], [10.0, 30.0, 70.0]], 0.2),
                              2: run([[40.0, None, None], [30.0, 50.0, None], [20.0, 10.0, 50.0]], 0.4)}}
-    rows = bm.old_new_rows(groups, [("c", "cim")])
+    rows = tables.old_new_rows(groups, [("c", "cim")])
     assert [r["phase"] for r in rows] == [0, 1, 2]
     assert math.isnan(rows[0]["old"][0]) and rows[0]["new"][0] == pytest.approx(45.0)
     assert rows[1]["old"][0] == pytest.approx(25.0) and rows[1]["new"][0] == pytest.approx(55.0)
     assert rows[2]["old"][0] == pytest.approx((20.0 + 15.0) / 2) and rows[2]["new"][0] == pytest.approx(60.0)
     assert rows[2]["exemplars_per_class"][0] == pytest.approx(8.0) and rows[2]["box_fraction"][0] == pytest.approx(0.3)
-    text = "\n".join(bm.old_new_section(groups, [("c", "cim")]))
+    text = "\n".join(tables.old_new_section(groups, [("c", "cim")]))
     assert "| c | cim | 2 | 17.50 ± 3.54 | 60.00 ± 14.14 | 8.0 ± 0.0 | 0.300 ± 0.141 |" in text

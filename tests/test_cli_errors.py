@@ -70,7 +70,7 @@ def test_out_of_range_cim_key(tmp_path):
 def test_typo_key_warns_with_closest_valid_key(tmp_path):
     """A key nothing reads warns (naming the closest valid key) but does not stop the run."""
     sys.path.insert(0, str(REPO))
-    from cim_plugin.runner import prepare
+    from cim_plugin.pycil.runner import prepare
 
     import io
     from contextlib import redirect_stderr

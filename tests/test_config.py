@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from cim_plugin import metrics
+from cim_plugin.bench import metrics
 from cim_plugin.config import (
     ConfigError,
     load_config,
@@ -149,7 +149,7 @@ def _data_manager(classes=15, side=32):
     (3, True, False),  # 614 B < 776 B: raise memory_size to ceil(15 * 776 / 3072) = 4
 ])
 def test_budget_check_uses_the_cheapest_possible_exemplar(memory_size, cim, fits):
-    from cim_plugin.runner import check_budget_fits
+    from cim_plugin.pycil.runner import check_budget_fits
 
     config = _base(memory_size=memory_size, cim=cim)
     if fits:
@@ -161,6 +161,6 @@ def test_budget_check_uses_the_cheapest_possible_exemplar(memory_size, cim, fits
 
 
 def test_budget_check_skips_learners_without_memory():
-    from cim_plugin.runner import check_budget_fits
+    from cim_plugin.pycil.runner import check_budget_fits
 
     check_budget_fits(_base(memory_size=0), object(), _data_manager())

@@ -21,7 +21,7 @@ def der_p():
     from cim_plugin.pycil import import_pycil
 
     import_pycil()
-    import cim_plugin.der_p as module
+    import cim_plugin.pycil.der_p as module
 
     return module
 
@@ -64,7 +64,7 @@ def test_cli_rejects_negative_sparsity_weight(tmp_path):
 
 def _run(tmp_path, **overrides):
     """Run the learner in-process through the runner; return (results, learners' reports, learner)."""
-    from cim_plugin.runner import prepare, run_seed
+    from cim_plugin.pycil.runner import prepare, run_seed
 
     config = prepare(tiny_config(**dict(SMALL, **overrides)))
     seen = {}
@@ -79,7 +79,7 @@ def _run(tmp_path, **overrides):
 
 
 def _check_pruned_network(results, reports, learner):
-    from cim_plugin.pruning import PrunedConvBN, count_parameters
+    from cim_plugin.pycil.pruning import PrunedConvBN, count_parameters
 
     assert results["finished"] and len(results["phases"]) == 2
     last = reports[-1]
@@ -106,7 +106,7 @@ def test_end_to_end_prunes_and_reports(tmp_path):
 
 def test_end_to_end_weight_align_and_cim(tmp_path):
     """classifier_retrain "weight_align", and the CIM plug-in wrapped around der_p."""
-    from cim_plugin.adapter import CIMMixin
+    from cim_plugin.pycil.mixin import CIMMixin
 
     results, reports, learner = _run(tmp_path, classifier_retrain="weight_align", cim=True)
     assert isinstance(learner, CIMMixin) and results["cim"]

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from conftest import requires_pycil, tiny_learner_config
 
-from cim_plugin import inner_losses
-from cim_plugin.bilevel import meta_step
-from cim_plugin.cim_branch import CIMBranch
+from cim_plugin.pycil import inner_losses
+from cim_plugin.method.bilevel import meta_step
+from cim_plugin.method.cim_branch import CIMBranch
 
 
 # ----------------------------------------------------------------------------- inner losses, by hand
@@ -97,8 +97,8 @@ class _HeadNet(nn.Module):
 
 
 def test_inner_step_leaves_the_classifier_heads_as_they_are():
-    from cim_plugin.adapter import is_fast_weight
-    from cim_plugin.bilevel import cam_mask_fn
+    from cim_plugin.method.bilevel import cam_mask_fn
+    from cim_plugin.method.network import is_fast_weight
     import functools
 
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_inner_step_leaves_the_classifier_heads_as_they_are():
 
 
 def test_copy_block_copies_one_backbones_paus_onto_another():
-    from cim_plugin.adapter import copy_block
+    from cim_plugin.method.network import copy_block
 
     branch = CIMBranch(6)
     with torch.no_grad():
@@ -138,8 +138,9 @@ def test_copy_block_copies_one_backbones_paus_onto_another():
 # ----------------------------------------------------------------------------- the mixin, end to end
 def _spy_run(tmp_path, monkeypatch, learner):
     """Run `learner` + CIM (2 phases, 3 epochs, lr milestone after 2) in-process; return what the spies saw."""
-    from cim_plugin import adapter
-    from cim_plugin.runner import prepare, run_seed
+    from cim_plugin.method.cim import CIM
+    from cim_plugin.pycil.mixin import CIMMixin
+    from cim_plugin.pycil.runner import prepare, run_seed
 
     common = dict(cim=True, cim_mask="cim", synthetic_num_classes=10, synthetic_train_per_class=12,
                   synthetic_test_per_class=4, memory_size=40, cam_update_interval=1, meta_batch_size=4)
@@ -148,75 +149,80 @@ def _spy_run(tmp_path, monkeypatch, learner):
     else:
         common.update(init_epoch=3, epochs=3, init_milestones=[2], milestones=[2])
     config = prepare(tiny_learner_config(learner, **common))
-    seen = {"loss": [], "batch": [], "branch": [], "herd": [], "learner": None}
-    M = adapter.CIMMixin
+    seen = {"loss": [], "batch": [], "branch": [], "herd": [], "learner": None, "cil_wd": {}}
 
-    orig_loss = M._cim_inner_loss
+    orig_epoch = CIMMixin._cim_on_epoch
+
+    def epoch_spy(self):  # the CIL optimiser of the phase, as PyCIL's loop hands it to the learner
+        if self._cim_cil_optimizer is not None:
+            seen["cil_wd"][self._cur_task] = self._cim_cil_optimizer.param_groups[0]["weight_decay"]
+        return orig_epoch(self)
+
+    orig_loss = CIM._inner_loss
 
     def loss_spy(self, out, y, x):
-        seen["loss"].append((self._cur_task, self._cim_inner_loss_fn.__name__))
-        net = adapter.unwrap(self._network)  # (5) expected fast weights: trainable, not a classifier head
+        seen["loss"].append((self.task, self.inner_loss.func.__name__))
+        net = seen["net"]  # (5) expected fast weights: trainable, not a classifier head
         seen.setdefault("fast", set()).add(
-            (self._cur_task, sum(1 for n, p in net.named_parameters() if p.requires_grad and "fc" not in n)))
+            (self.task, sum(1 for n, p in net.named_parameters() if p.requires_grad and "fc" not in n)))
         return orig_loss(self, out, y, x)
 
-    orig_batch = M._cim_meta_batch
+    orig_batch = CIM._meta_batch
 
     def batch_spy(self, source, pick):
-        seen["batch"].append((self._cur_task, source, pick.clone()))
+        seen["batch"].append((self.task, source, pick.clone()))
         return orig_batch(self, source, pick)
 
-    orig_branch = M._ensure_branch
+    orig_branch = CIM._ensure_branch
 
-    def branch_spy(self, x):
-        first = self._cim_phi_optimizer is None
-        branch = orig_branch(self, x)
+    def branch_spy(self, network, x):
+        seen["net"] = network
+        first = self.phi_optimizer is None
+        branch = orig_branch(self, network, x)
         if first:
-            net = adapter.unwrap(self._network)
-            n_bb = len(net.convnets) if hasattr(net, "convnets") else 1
+            n_bb = len(network.convnets) if hasattr(network, "convnets") else 1
             size = branch.num_sites // n_bb
             same = None
             if n_bb >= 2:
                 same = all(torch.equal(a, b) for k in range(size) for a, b in zip(
                     branch.paus[(n_bb - 2) * size + k].parameters(), branch.paus[(n_bb - 1) * size + k].parameters()))
-            group = self._cim_phi_optimizer.param_groups[0]
-            seen["branch"].append(dict(task=self._cur_task, opt=id(self._cim_phi_optimizer),
-                                       wd=group["weight_decay"], n_params=len(group["params"]),
-                                       sites=branch.num_sites, copied=same,
-                                       cil_wd=self._cim_cil_optimizer.param_groups[0]["weight_decay"]))
+            group = self.phi_optimizer.param_groups[0]
+            seen["branch"].append(dict(task=self.task, opt=id(self.phi_optimizer), wd=group["weight_decay"],
+                                       n_params=len(group["params"]), sites=branch.num_sites, copied=same))
         return branch
 
-    orig_build = M._cim_build_memory
-    orig_fwd = M._forward_chunks
+    orig_build = CIM._build_memory
+    orig_fwd = CIM._forward_chunks
 
-    def build_spy(self, dm):
-        self._cim_building = True
+    def build_spy(self, network, classes):
+        self._building = True
         try:
-            return orig_build(self, dm)
+            return orig_build(self, network, classes)
         finally:
-            self._cim_building = False
+            self._building = False
 
-    def fwd_spy(self, images, labels, chunk=256):
-        if getattr(self, "_cim_building", False):
+    def fwd_spy(self, network, images, labels, chunk=256):
+        if getattr(self, "_building", False):
             seen["herd"].append(images.clone())
-        return orig_fwd(self, images, labels, chunk)
+        return orig_fwd(self, network, images, labels, chunk)
 
-    orig_means = M._memory_class_means
+    orig_means = CIM._class_means
 
-    def means_spy(self):  # NME means read decoded exemplars by design: not part of herding
-        self._cim_building = False
-        return orig_means(self)
+    def means_spy(self, network):  # NME means read decoded exemplars by design: not part of herding
+        self._building = False
+        return orig_means(self, network)
 
-    monkeypatch.setattr(M, "_memory_class_means", means_spy)
-    monkeypatch.setattr(M, "_cim_inner_loss", loss_spy)
-    monkeypatch.setattr(M, "_cim_meta_batch", batch_spy)
-    monkeypatch.setattr(M, "_ensure_branch", branch_spy)
-    monkeypatch.setattr(M, "_cim_build_memory", build_spy)
-    monkeypatch.setattr(M, "_forward_chunks", fwd_spy)
+    monkeypatch.setattr(CIMMixin, "_cim_on_epoch", epoch_spy)
+    monkeypatch.setattr(CIM, "_class_means", means_spy)
+    monkeypatch.setattr(CIM, "_inner_loss", loss_spy)
+    monkeypatch.setattr(CIM, "_meta_batch", batch_spy)
+    monkeypatch.setattr(CIM, "_ensure_branch", branch_spy)
+    monkeypatch.setattr(CIM, "_build_memory", build_spy)
+    monkeypatch.setattr(CIM, "_forward_chunks", fwd_spy)
 
     def on_phase(learner_obj, data_manager, results):
         seen["learner"] = learner_obj
-        seen.setdefault("meta_log", []).append(list(learner_obj._cim_meta_log))
+        seen.setdefault("meta_log", []).append(list(learner_obj._cim.meta_log))
 
     torch.set_num_threads(1)
     path = run_seed(config, config["seed"][0], tmp_path, on_phase=on_phase)
@@ -277,13 +283,13 @@ def test_meta_steps_follow_the_official_code(tmp_path, monkeypatch, learner, los
     assert [b["task"] for b in branch] == [0, 1]
     assert branch[0]["opt"] != branch[1]["opt"]
     for b in branch:
-        assert b["wd"] == b["cil_wd"] > 0 and b["n_params"] > 0
+        assert b["wd"] == seen["cil_wd"][b["task"]] > 0 and b["n_params"] > 0
     if learner in ("der", "foster"):  # a new backbone starts from the previous backbone's PAUs
         assert branch[1]["copied"] is True and branch[1]["sites"] > branch[0]["sites"]
 
     # (6) herding features come from the decoded (compressed) candidates: every stored exemplar is bit-equal
     # to a row that was fed to the network for herding
-    memory = seen["learner"]._cim_memory
+    memory = seen["learner"]._cim.memory
     herded = torch.cat([h for h in seen["herd"] if h.shape[1:] == memory.decode(torch.tensor([0])).shape[1:]])
     flat = herded.flatten(1)
     decoded = memory.decode(torch.arange(len(memory))).flatten(1)
@@ -300,8 +306,8 @@ def test_cim_leaves_the_hosts_random_stream_alone(tmp_path, learner):
     meta steps (random meta batches through the train transforms), box refreshes and the memory build
     run on the host's random streams without moving them, so a seed's paired difference measures CIM,
     not a different draw of shuffles and crops."""
-    from cim_plugin.adapter import unwrap
-    from cim_plugin.runner import prepare, run_seed
+    from cim_plugin.pycil.network import unwrap
+    from cim_plugin.pycil.runner import prepare, run_seed
 
     torch.set_num_threads(1)
     states = {}
@@ -316,7 +322,7 @@ def test_cim_leaves_the_hosts_random_stream_alone(tmp_path, learner):
             if learner_obj._cur_task == 0:
                 net = unwrap(learner_obj._network)
                 seen["state"] = {k: v.clone() for k, v in net.state_dict().items()}
-                seen["meta"] = len(getattr(learner_obj, "_cim_meta_log", []))
+                seen["meta"] = len(learner_obj._cim.meta_log) if hasattr(learner_obj, "_cim") else 0
 
         run_seed(config, config["seed"][0], tmp_path / str(cim), on_phase=on_phase)
         states[cim] = seen

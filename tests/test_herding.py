@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cim_plugin.herding import herding_order
+from cim_plugin.method.herding import herding_order
 
 
 def _reference(features, k):

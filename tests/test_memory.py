@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cim_plugin.boxes import random_boxes
-from cim_plugin.codec import compress, downsample, exemplar_nbytes, frame_npixels
-from cim_plugin.herding import herding_order
-from cim_plugin.memory import BudgetExceededError, CompressedMemory
+from cim_plugin.method.boxes import random_boxes
+from cim_plugin.method.codec import compress, downsample, exemplar_nbytes, frame_npixels
+from cim_plugin.method.herding import herding_order
+from cim_plugin.method.memory import BudgetExceededError, CompressedMemory
 
 
 def _class_data(n, H, W, frac, seed):

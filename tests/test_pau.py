@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cim_plugin.pau import PAU, _relu_fit, pade, relu_fit_coefficients
+from cim_plugin.method.pau import PAU, _relu_fit, pade, relu_fit_coefficients
 
 FIT_BOUND = 0.031  # max |PAU(x) - relu(x)| on [-3, 3] at init (measured 0.0300)
 
@@ -107,7 +107,7 @@ def test_cuda_matches_cpu():
 
 
 def test_huge_inputs_stay_finite_with_finite_gradients():
-    from cim_plugin.pau import PAU
+    from cim_plugin.method.pau import PAU
 
     pau = PAU()
     x = torch.tensor([-1e30, -1e6, -50.0, 0.5, 50.0, 1e6, 1e30], requires_grad=True)
@@ -117,7 +117,7 @@ def test_huge_inputs_stay_finite_with_finite_gradients():
     assert torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in pau.parameters())
     inside = torch.linspace(-7.9, 7.9, 101)
-    from cim_plugin.pau import pade
+    from cim_plugin.method.pau import pade
 
     assert torch.equal(pau(inside), pade(inside, pau.numerator, pau.denominator))  # unchanged inside
 

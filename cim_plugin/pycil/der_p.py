@@ -3,11 +3,11 @@
 Built on PyCIL's DER (expansion, frozen old extractors, auxiliary classifier over the new classes
 plus one "old" output, memory) and adds what PyCIL's DER leaves out:
 
-- channel masks m_l = sigmoid(s * e_l) on every conv of the NEW extractor (cim_plugin.channel_masks),
+- channel masks m_l = sigmoid(s * e_l) on every conv of the NEW extractor (cim_plugin.pycil.channel_masks),
   s annealed within each epoch from 1/s_max to s_max, and a sparsity loss (fraction of the
   extractor's conv parameters in use) weighted by ``sparsity_weight`` in the loss;
 - after the phase's training the masks are binarised (m > 0.5) and the new extractor is pruned
-  for real (cim_plugin.pruning); the pruned extractor is checked against the masked one;
+  for real (cim_plugin.pycil.pruning); the pruned extractor is checked against the masked one;
 - classifier re-training on a class-balanced subset (memory + as many images per new class as the
   memory holds per old class), backbones frozen (``classifier_retrain``: "balanced"), or PyCIL's
   weight alignment ("weight_align").
@@ -39,9 +39,9 @@ from .channel_masks import (
     find_conv_bn_pairs,
     remove_channel_masks,
 )
-from .config import ConfigError
+from ..config import ConfigError
 from .pruning import count_flops, count_parameters, output_difference_and_scale, prune_masked
-from .pycil import import_pycil
+from .host import import_pycil
 
 import_pycil()
 from models import der as _der  # noqa: E402  (PyCIL's DER module: its constants are read at call time)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .config import ConfigError, load_config
-from .pycil import PyCILMissing
+from ..config import ConfigError, load_config
+from .host import PyCILMissing
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     path = args.config_opt or args.config_pos
     if path is None:
         parser().error("give a config: exps/run.py CONFIG.json (or --config CONFIG.json)")
-    from .datasets import DatasetLayoutError
+    from ..datasets import DatasetLayoutError
     from .runner import run_config
 
     try:

@@ -20,9 +20,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch import nn
 
-from .config import ConfigError
+from ..config import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBMODULE_FIX = "git submodule update --init third_party/PyCIL"
 
 
@@ -82,7 +82,7 @@ LEARNERS: Dict[str, str] = {
 }
 # Learners the plug-in adds (built on PyCIL's classes), same "module:Class" form.
 PLUGIN_LEARNERS: Dict[str, str] = {
-    "der_p": "cim_plugin.der_p:DERP",
+    "der_p": "cim_plugin.pycil.der_p:DERP",
 }
 PYCIL_DATASETS = ("cifar10", "cifar100", "imagenet100", "imagenet1000")
 
@@ -199,7 +199,7 @@ def check_convnet_type(name: str) -> None:
     valid = convnet_names()
     if not valid or name.lower() in valid:
         return
-    from .config import closest_key
+    from ..config import closest_key
 
     hint = closest_key(name.lower(), valid)
     raise ConfigError(f'unknown "convnet_type" {name!r}; PyCIL (utils/inc_net.get_convnet) builds {valid}'

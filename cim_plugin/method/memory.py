@@ -2,15 +2,15 @@
 
 Storage (all CPU tensors):
   * ``payload``      uint8 (P,)  : for every exemplar its low-res frame (the low-res pixels that a decoded
-                                   pixel outside the box reads, 3 bytes each, :func:`cim_plugin.codec.encode`)
+                                   pixel outside the box reads, 3 bytes each, :func:`cim_plugin.method.codec.encode`)
                                    and its crop (box_h, box_w, 3) HWC flattened;
   * ``boxes``        int16 (N,4) : (x0, y0, x1, y1), exclusive ends;
   * ``labels``       int64 (N,)  ; ``sizes`` int64 (N,2) = original (H, W);
   * ``frame_off``, ``crop_off`` int64 (N,) : byte offsets of the two parts inside ``payload``.
-The lengths of the parts follow from box, size and ratio (:func:`cim_plugin.codec.frame_npixels`),
+The lengths of the parts follow from box, size and ratio (:func:`cim_plugin.method.codec.frame_npixels`),
 so an exemplar costs ``3*box_h*box_w + 3*frame_pixels + 8`` bytes, about ``a + (1 - a)/r`` images.
 The budgeted size :attr:`CompressedMemory.nbytes` is ``payload`` bytes + ``boxes`` bytes, i.e. exactly
-the sum of :func:`cim_plugin.codec.exemplar_nbytes`; labels, sizes and offsets are bookkeeping
+the sum of :func:`cim_plugin.method.codec.exemplar_nbytes`; labels, sizes and offsets are bookkeeping
 and are not counted (as the label of a full-image exemplar is not counted by PyCIL's memory_size).
 
 Exemplars keep their insertion order; within a class that is the herding order, so shrinking a
@@ -27,9 +27,9 @@ from typing import Dict, Iterator, List, Tuple, Union
 import torch
 
 from .boxes import box_areas, check_boxes
-from .codec import (decode, encode, exemplar_nbytes, frame_from_lowres, frame_npixels, lowres_size, _check_ratio,
-                    _check_uint8_images)
+from .codec import decode, encode, exemplar_nbytes, frame_npixels, _check_ratio, _check_uint8_images
 from .herding import herding_order
+from .packing import _ranges, _size_groups
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
@@ -39,24 +39,6 @@ _STATE_VERSION = 2  # 1: full low-res image per exemplar ("lowres_off"), convert
 
 class BudgetExceededError(RuntimeError):
     """The memory holds more bytes than its budget."""
-
-
-def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Concatenation of arange(s, s + l) for each (s, l); int64 1-D, no Python loop."""
-    total = int(lengths.sum()) if lengths.numel() else 0
-    if total == 0:
-        return torch.zeros(0, dtype=torch.long)
-    excl = torch.cumsum(lengths, 0) - lengths
-    return torch.arange(total, dtype=torch.long) + torch.repeat_interleave(starts - excl, lengths)
-
-
-def _size_groups(sizes: torch.Tensor) -> Iterator[Tuple[Tuple[int, int], torch.Tensor]]:
-    """For int64 Tensor(N, 2) of (H, W): yield ((H, W), int64 positions) per distinct size."""
-    if sizes.numel() == 0:
-        return
-    uniq, inv = torch.unique(sizes, dim=0, return_inverse=True)
-    for g, (H, W) in enumerate(uniq.tolist()):
-        yield (H, W), (inv == g).nonzero().squeeze(1)
 
 
 def _as_int(value, name: str) -> int:
@@ -397,6 +379,8 @@ class CompressedMemory:
             raise ValueError(f"unsupported CompressedMemory state version {version!r} (this code reads 1 and "
                              f"{_STATE_VERSION})")
         off_key = "lowres_off" if version == 1 else "frame_off"
+        from .memory_v1 import convert_v1, lowres_len_v1  # the old format, needed only to read it
+
         keys = {"version", "budget_bytes", "compress_ratio", "payload", "boxes", "labels", "sizes",
                 off_key, "crop_off"}
         if not keys <= set(state):
@@ -420,7 +404,7 @@ class CompressedMemory:
                 raise ValueError("state sizes must be positive image sides")
             for (H, W), pos in _size_groups(new._sizes):
                 check_boxes(new._boxes[pos], H, W)
-            part_len = new._lowres_len_v1() if version == 1 else new._frame_len()
+            part_len = lowres_len_v1(new) if version == 1 else new._frame_len()
             ends = torch.cat([new._frame_off + part_len, new._crop_off + new._crop_len()])
             if int(new._frame_off.min()) < 0 or int(new._crop_off.min()) < 0 or \
                     int(ends.max()) > new._payload.numel():
@@ -428,35 +412,9 @@ class CompressedMemory:
             if new._payload.numel() != int(part_len.sum() + new._crop_len().sum()):
                 raise ValueError("state payload size does not match its exemplars")
             if version == 1:
-                new._convert_v1()
+                convert_v1(new)
         self.__dict__.update(new.__dict__)
         self.check_budget()
-
-    def _lowres_len_v1(self) -> torch.Tensor:
-        """Version-1 layout: bytes of each exemplar's full low-res image (3*h*w), int64 Tensor(N,)."""
-        out = torch.zeros(len(self), dtype=torch.long)
-        for (H, W), pos in _size_groups(self._sizes):
-            h, w = lowres_size(H, W, self.compress_ratio)
-            out[pos] = 3 * h * w
-        return out
-
-    def _convert_v1(self) -> None:
-        """Replace version-1 full low-res images (CHW, at ``_frame_off``) by their frames."""
-        frames = [torch.zeros(0, dtype=torch.uint8)] * len(self)
-        fr_len = torch.zeros(len(self), dtype=torch.long)
-        for (H, W), pos in _size_groups(self._sizes):
-            h, w = lowres_size(H, W, self.compress_ratio)
-            lowres = self._payload[_ranges(self._frame_off[pos], torch.full((pos.numel(),), 3 * h * w))]
-            boxes = self._boxes[pos].long()
-            frame = frame_from_lowres(lowres.view(-1, 3, h, w), boxes, (H, W), self.compress_ratio)
-            fr_len[pos] = 3 * frame_npixels(boxes, H, W, self.compress_ratio)
-            for p, f in zip(pos.tolist(), frame.split(fr_len[pos].tolist())):
-                frames[p] = f
-        cr_len = self._crop_len()
-        crops = self._payload[_ranges(self._crop_off, cr_len)]
-        self._payload = torch.cat(frames + [crops])
-        self._frame_off = torch.cumsum(fr_len, 0) - fr_len
-        self._crop_off = int(fr_len.sum()) + torch.cumsum(cr_len, 0) - cr_len
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the memory to one file, atomically (temporary file in the same folder + os.replace)."""

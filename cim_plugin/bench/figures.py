@@ -1,7 +1,7 @@
 """The benchmark's figures (matplotlib, Agg backend, no display needed).
 
 Each function takes plain arrays (numpy or torch, CPU) already reduced over seeds and writes one
-PNG (``dpi`` 170 by default). Nothing here reads run folders; :mod:`cim_plugin.benchmark` does.
+PNG (``dpi`` 170 by default). Nothing here reads run folders; :mod:`cim_plugin.bench.report` does.
 
 Panel descriptions are plain dicts so that callers and tests can build them by hand:
 

@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import checkpoint, metrics
-from .config import (
+from . import checkpoint
+from ..bench import metrics
+from ..config import (
     CIM_DEFAULTS,
     RUNNER_KEYS,
     ConfigError,
@@ -26,8 +27,9 @@ from .config import (
     validate_run_keys,
     with_defaults,
 )
-from .io import write_json
-from .pycil import (
+from ..io import write_json
+from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
+from .host import (
     PYCIL_DATASETS,
     check_constant_overrides,
     check_convnet_type,
@@ -45,7 +47,7 @@ log = logging.getLogger("cim_plugin")
 
 def dataset_hook(config: Dict[str, Any]):
     """The function PyCIL's DataManager calls for a dataset name: our datasets, else None."""
-    from .datasets import build_idata
+    from ..datasets import build_idata
 
     def hook(name: str):
         return build_idata(name, config)
@@ -55,7 +57,7 @@ def dataset_hook(config: Dict[str, Any]):
 
 def valid_keys(config: Dict[str, Any]) -> set:
     """Keys that something reads: PyCIL's args, the learner module's constants, ours, datasets'."""
-    from .datasets import DATASETS
+    from ..datasets import DATASETS
 
     keys = set(pycil_arg_keys()) | set(CIM_DEFAULTS) | RUNNER_KEYS
     for cls in DATASETS.values():
@@ -83,7 +85,7 @@ def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def load_dataset(config: Dict[str, Any]):
     """Build the dataset object once (ours, or None for PyCIL's own); check the class split."""
-    from .datasets import dataset_names
+    from ..datasets import dataset_names
 
     name = config["dataset"]
     idata = dataset_hook(config)(name)
@@ -104,100 +106,6 @@ def load_dataset(config: Dict[str, Any]):
     if config["init_cls"] < n_classes and config["increment"] > n_classes - config["init_cls"]:
         log.warning("increment %s exceeds the %s classes left after init_cls", config["increment"], n_classes)
     return idata
-
-
-def bytes_per_image(learner, idata) -> int:
-    """Bytes of one uncompressed exemplar (uint8 HxWx3) of this dataset.
-
-    Datasets of varying size (ImageNet, Food-101) count the training resolution 224x224.
-    """
-    size = getattr(idata, "image_size", None) if idata is not None else None
-    if size is not None:
-        return int(3 * size[0] * size[1])
-    memory = getattr(learner, "_data_memory", None)
-    if memory is not None and len(memory) and isinstance(memory, np.ndarray) and memory.dtype == np.uint8:
-        return int(memory[0].nbytes)
-    return 3 * 224 * 224
-
-
-def memory_budget_bytes(config: Dict[str, Any], total_classes: int, image_bytes: int) -> int:
-    """Bytes PyCIL's memory setting grants: memory_size images, or memory_per_class per class."""
-    if config.get("fixed_memory"):
-        return int(config["memory_per_class"]) * total_classes * image_bytes
-    return int(config["memory_size"]) * image_bytes
-
-
-def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, int, Tuple[int, int]]:
-    """(bytes of one stored image, bytes of the cheapest CIM exemplar, (H, W)) for this run's data.
-
-    The cheapest exemplar is the fully low-resolution one (empty box), priced by
-    :func:`cim_plugin.codec.exemplar_nbytes`, on the image the memory stores: the first training
-    item through the adapter's ImagePipeline (e.g. 224x224 after ImageNet's Resize + CenterCrop).
-    """
-    import torch
-
-    from .adapter import ImagePipeline
-    from .codec import exemplar_nbytes
-
-    image = ImagePipeline(data_manager).load(data_manager._train_data[0])  # uint8 (3, H, W)
-    H, W = int(image.shape[-2]), int(image.shape[-1])
-    cheapest = int(exemplar_nbytes(torch.zeros(1, 4, dtype=torch.long), H, W, config["compress_ratio"])[0])
-    return 3 * H * W, cheapest, (H, W)
-
-
-def _budget_error(setting: str, detail: str, key: str, need: int) -> ConfigError:
-    return ConfigError(f"memory budget too small for one exemplar per class: {setting} {detail}; "
-                       f'raise "{key}" to at least {need}')
-
-
-def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
-    """ConfigError, before any training, when one class's share of the memory cannot hold one exemplar.
-
-    Checked for the last phase (all ``data_manager`` classes known: the smallest share). Baseline:
-    PyCIL keeps memory_size // classes full images per class (fixed_memory: memory_per_class >= 1,
-    checked with the config). CIM: the share memory_budget_bytes // classes must hold the cheapest
-    exemplar (:func:`smallest_cim_exemplar`). Learners that keep no memory are not checked.
-    """
-    from .adapter import keeps_memory
-
-    if not keeps_memory(type(learner)) or len(data_manager._train_data) == 0:
-        return
-    classes = len(data_manager._class_order)
-    fixed = bool(config.get("fixed_memory"))
-    setting = (f'"memory_per_class" {config["memory_per_class"]} (fixed_memory)' if fixed
-               else f'"memory_size" {config["memory_size"]} shared by {classes} classes')
-    if not config.get("cim"):
-        if not fixed and config["memory_size"] // classes < 1:
-            raise _budget_error(setting, "leaves PyCIL memory_size // classes = 0 exemplars per class (the smallest "
-                                "possible exemplar is a full image)", "memory_size", classes)
-        return
-    image_bytes, cheapest, (H, W) = smallest_cim_exemplar(config, data_manager)
-    share = memory_budget_bytes(config, classes, image_bytes) // classes
-    if share >= cheapest:
-        return
-    # the smallest setting whose share holds `cheapest`
-    key, need = ("memory_per_class", -(-cheapest // image_bytes)) if fixed else (
-        "memory_size", -(-classes * cheapest // image_bytes))
-    raise _budget_error(setting, f"gives each class {share} bytes, but the smallest possible exemplar, the {H}x{W} "
-                        f"image kept only at 1/{config['compress_ratio']:g} resolution plus its box, costs "
-                        f"{cheapest} bytes (a full image: {image_bytes})", key, need)
-
-
-def memory_report(learner, config, idata) -> Dict[str, Any]:
-    """Exemplars held after a phase and the bytes they occupy (baseline: exemplars x image bytes)."""
-    if hasattr(learner, "cim_memory_report"):
-        return learner.cim_memory_report()
-    targets = np.asarray(getattr(learner, "_targets_memory", np.array([])))
-    image_bytes = bytes_per_image(learner, idata)
-    counts = np.bincount(targets.astype(np.int64), minlength=learner._total_classes) if len(targets) else None
-    return {
-        "exemplars": int(len(targets)),
-        "memory_bytes": int(len(targets)) * image_bytes,
-        "exemplars_per_class": None
-        if counts is None
-        else {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max())},
-        "exemplars_per_class_counts": None if counts is None else [int(c) for c in counts],
-    }
 
 
 class _EvalCapture:
@@ -252,7 +160,7 @@ def build_learner(args: Dict[str, Any]):
     """The learner for a run: PyCIL's own class, or its CIM-wrapped version with "cim": true."""
     cls = learner_class(args["model_name"])
     if args.get("cim"):
-        from .adapter import cim_learner_class
+        from .mixin import cim_learner_class
 
         cls = cim_learner_class(cls, args)
     return cls(args)

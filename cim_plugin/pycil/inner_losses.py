@@ -24,7 +24,7 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
-from .pycil import learner_modules
+from .host import learner_modules
 
 __all__ = ["kd_loss", "der_aux_targets", "inner_loss_for", "INNER_LOSSES"]
 

@@ -1,0 +1,446 @@
+"""CIM as one object that a training loop drives: the configuration, the compressed memory, the mask
+branch (PAUs φ) with its optimiser, and the schedules (meta steps, box refreshes, compression
+augmentation). It never sees a framework: it is given a network, stored images (uint8) and labels.
+
+A phase, from the host loop's side: :meth:`CIM.start_phase`, :meth:`CIM.augmented` (new-class data) and
+:meth:`CIM.replay` (decoded exemplars), :meth:`CIM.before_epoch` before each epoch of the host's own training,
+:meth:`CIM.build_memory` after it, :meth:`CIM.report`; ``examples/plain_torch.py`` is a whole loop.
+
+The network is seen through ``view(network)``: a module ``x -> {"logits" (B, K), "fmaps" [(B, C, h, w), ...]
+(the last feature map of each backbone), "features" (B, D), "weight" (K, D) classifier rows}`` whose
+forward makes the network's ReLU calls (the branch replaces them by PAUs). ``network(x)`` itself is the
+θ of the inner step; ``logits_fn(network(x))`` its logits. CIM's own work never moves the host's random
+streams (:func:`~cim_plugin.method.rng.random_streams_untouched`); its draws come from ``self.generator``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from ..config import CIM_DEFAULTS
+from .bilevel import meta_step
+from .boxes import box_area_fraction, cam_to_boxes, center_boxes, random_boxes
+from .cam import cam_from_feature_maps
+from .cim_branch import CIMBranch, count_relu_sites
+from .codec import compress, degrade
+from .data import CompressAugmentDataset, ExemplarDataset, _Concat
+from .network import cam_of_output, copy_block, default_logits, default_to_input, evaluating, is_fast_weight
+from .herding import herding_order
+from .memory import CompressedMemory
+from .rng import random_streams_untouched
+from .timing import timed
+
+CIM_KEYS = tuple(k for k in CIM_DEFAULTS if k != "cim")  # what CIM reads from a config
+CAMS_KEPT = 4  # CAMs kept per class for the exemplar figure
+PHI_WEIGHT_DECAY = 5e-4  # φ's weight decay when the host gives none (official default)
+HOST_CALLABLES = ("view", "to_input", "inner_loss", "logits_fn")  # given by the host, never pickled
+
+
+class BudgetTooSmall(ValueError):
+    """A class's share of the budget cannot hold one exemplar."""
+
+
+class CIM:
+    """Class-Incremental exemplar compression, framework-free. See the module docstring for a phase.
+
+    Args:
+        config: CIM keys (``CIM_KEYS``, defaults ``cim_plugin.config.CIM_DEFAULTS``); other keys ignored.
+        seed: seeds CIM's own generator (meta batches, random boxes) and the augmentation coins.
+        view, to_input, inner_loss, logits_fn: how CIM sees the host (also settable per phase in
+            :meth:`start_phase`): ``view(network)`` (above; default the network itself), ``to_input(uint8
+            images) -> float input on the device`` (default /255), ``inner_loss(out, y, x) -> scalar`` the
+            host's training loss for the inner step (default CE), ``logits_fn(out)``.
+        device: where network inputs go.
+    """
+
+    def __init__(self, config: Optional[Mapping[str, Any]] = None, *, seed: int = 0, view: Optional[Callable] = None,
+                 to_input: Optional[Callable] = None, inner_loss: Optional[Callable] = None,
+                 logits_fn: Callable = default_logits, device="cpu",
+                 fast_weight_filter: Callable[[str], bool] = is_fast_weight):
+        given = dict(config or {})
+        self.config = {k: given.get(k, CIM_DEFAULTS[k]) for k in CIM_KEYS}
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.view, self.to_input, self.inner_loss, self.logits_fn = view, to_input, inner_loss, logits_fn
+        self.device = device
+        self.fast_weight_filter = fast_weight_filter
+        self.memory: Optional[CompressedMemory] = None
+        self.image_bytes: Optional[int] = None  # bytes of one full stored image (3·H·W)
+        self.branch: Optional[CIMBranch] = None  # the adaptive mask model (PAUs, φ)
+        self.phi_optimizer: Optional[torch.optim.Optimizer] = None  # made anew every phase
+        self.branch_task = -1
+        self.phi_weight_decay = PHI_WEIGHT_DECAY
+        self.sources: Dict[int, torch.Tensor] = {}  # class -> source indices of its exemplars, memory order
+        self.cams: Dict[int, torch.Tensor] = {}  # class -> CAMs of its first exemplars (for figures)
+        self.last_cams: Optional[torch.Tensor] = None
+        self.start_phase(-1, 0, 0, 0)
+
+    # -- phases ------------------------------------------------------------------------------
+    def start_phase(self, task: int, known_classes: int, total_classes: int, budget_images: int,
+                    class_budget_images: Optional[int] = None, **host) -> None:
+        """A new phase learns classes [known_classes, total_classes). The memory holds the bytes of
+        ``budget_images`` full images in all; a class its ``class_budget_images`` (default: an equal share).
+        ``host``: any of view, to_input, inner_loss, logits_fn, device (kept until changed)."""
+        for key, value in host.items():
+            if key not in HOST_CALLABLES + ("device",):
+                raise TypeError(f"start_phase got an unexpected keyword {key!r}")
+            setattr(self, key, value)
+        self.task, self.known, self.total = int(task), int(known_classes), int(total_classes)
+        self.budget_images, self.class_budget_images = budget_images, class_budget_images
+        self.epoch = 0
+        self.train_new: Optional[CompressAugmentDataset] = None
+        self.train_memory: Optional[ExemplarDataset] = None  # the phase loader's decoded memory
+        self.meta_source: Optional[Dataset] = None  # new data + decoded memory, train transforms
+        self.meta_log: List[Dict[str, float]] = []
+        self.phi_optimizer = None  # φ's Adam is made anew each phase (as the official code)
+        self.epoch_lr = self.phase_lr0 = self.meta_lr = None  # lr of: this epoch, the first, the last trained
+        self.seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0}  # this phase's wall seconds
+        self.calls = {key: 0 for key in self.seconds}
+
+    def budget_bytes(self) -> int:
+        return int(self.budget_images) * self.image_bytes
+
+    def class_budget_bytes(self) -> int:
+        if self.class_budget_images is not None:
+            return int(self.class_budget_images) * self.image_bytes
+        return int(self.budget_images) * self.image_bytes // self.total
+
+    # -- data --------------------------------------------------------------------------------
+    def augmented(self, dataset, loader) -> CompressAugmentDataset:
+        """This phase's new-class training data with CIM's compression augmentation (see
+        :class:`CompressAugmentDataset`); CIM refreshes its boxes and probability on schedule."""
+        self.train_new = CompressAugmentDataset(dataset, loader, self.config["compress_ratio"],
+                                                seed=self.seed * 1009 + self.task)
+        return self.train_new
+
+    def replay(self, trsf, training: bool = True) -> Optional[ExemplarDataset]:
+        """The memory's exemplars, decoded once, through ``trsf`` (None while empty). ``training``: this
+        is the phase's training replay, which the meta batches reuse."""
+        if self.memory is None or len(self.memory) == 0:
+            return None
+        dataset = ExemplarDataset(self.memory, trsf)
+        if training:
+            self.train_memory = dataset
+        return dataset
+
+    # -- epochs ------------------------------------------------------------------------------
+    def before_epoch(self, network: nn.Module, *, lr: float, weight_decay: float = PHI_WEIGHT_DECAY) -> None:
+        """Before each epoch (``lr``: the host optimiser's lr for it): the mask model's meta steps (mask mode
+        "cim", from the second epoch on, at the lr of the epoch just trained), then every
+        ``cam_update_interval`` epochs new boxes for the new-class images and a higher augmentation
+        probability. ``weight_decay``: that of the host optimiser, for φ's Adam."""
+        with random_streams_untouched():
+            epoch = self.epoch
+            self.epoch += 1
+            self.meta_lr, self.epoch_lr = self.epoch_lr, lr
+            if self.phase_lr0 is None:
+                self.phase_lr0 = self.epoch_lr
+            self.phi_weight_decay = weight_decay
+            dataset = self.train_new
+            if dataset is None:
+                return
+            dataset.salt = epoch
+            if self.config["cim_mask"] == "cim" and epoch > 0:
+                self._meta_steps(network, dataset, lr)
+            interval = self.config["cam_update_interval"]
+            if epoch == 0 or epoch % interval:
+                return
+            with self._timed("box_refresh"), evaluating(network):
+                images = dataset.stored_images()
+                labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+                _, boxes = self._features_and_boxes(network, images, labels, need_features=False)
+            dataset.boxes = boxes
+            dataset.prob = min(1.0, self.config["randombbxblur_prob_incre"] * (epoch // interval))
+
+    # -- the memory --------------------------------------------------------------------------
+    def build_memory(self, network: nn.Module, classes: Iterable[Tuple[int, torch.Tensor, torch.Tensor]], *,
+                     lr: float, weight_decay: float = PHI_WEIGHT_DECAY) -> np.ndarray:
+        """After the last epoch: the last round of meta steps, then, per new class ``(label, stored uint8
+        images (N, 3, H, W), source indices (N,))``, herding over compressed candidates into the class's
+        byte share. Returns the L2-normalised class means (total_classes, D) of the decoded exemplars (NME)."""
+        self.phi_weight_decay = weight_decay
+        with random_streams_untouched():
+            if self.config["cim_mask"] == "cim" and self.train_new is not None:
+                self.meta_lr = self.epoch_lr  # the last epoch's lr
+                self._meta_steps(network, self.train_new, lr)
+            with self._timed("memory_build"), evaluating(network):
+                return self._build_memory(network, classes)
+
+    def _build_memory(self, network: nn.Module, classes) -> np.ndarray:
+        ratio = self.config["compress_ratio"]
+        for k, (label, images, source) in enumerate(classes):
+            if self.memory is None:
+                self.image_bytes = 3 * int(images.shape[-2]) * int(images.shape[-1])
+                self.memory = CompressedMemory(self.budget_bytes(), ratio)
+            memory = self.memory
+            budget = self.class_budget_bytes()
+            if k == 0:
+                memory.budget_bytes = self.budget_bytes()  # grows with the classes under a per-class budget
+                memory.reduce(budget)
+            labels = torch.full((len(images),), label, dtype=torch.long)
+            # Herding ranks the compressed candidates (what is stored is what is herded), as the
+            # official code: boxes first, then features of the decoded images.
+            _, boxes = self._features_and_boxes(network, images, labels, need_features=False)
+            features, _ = self._forward_chunks(network, compress(images, boxes, ratio), labels)
+            try:
+                kept = memory.select_class(images, features, boxes, label, budget, replace=True)
+            except ValueError as err:
+                raise BudgetTooSmall(f"memory budget too small: {err}. The budget is {self.budget_images} images' "
+                                     f"bytes ({self.image_bytes} B each) shared by {self.total} classes") from None
+            order = herding_order(features, kept)  # the memory keeps this prefix, in this order
+            self.sources[label] = source[order]
+            self.cams[label] = self.last_cams[order[:CAMS_KEPT]].half()
+        self.memory.check_budget()
+        counts = self.memory.counts()
+        for label in list(self.sources):
+            self.sources[label] = self.sources[label][: counts.get(label, 0)]
+        return self._class_means(network)
+
+    def _class_means(self, network: nn.Module) -> np.ndarray:
+        """L2-normalised class means (total_classes, D) of decoded exemplars (float64; zeros for none)."""
+        means, labels = None, self.memory.labels
+        for class_idx in range(self.total):
+            idx = (labels == class_idx).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            features, _ = self._forward_chunks(network, self.memory.decode(idx), labels[idx])
+            if means is None:
+                means = np.zeros((self.total, features.shape[1]))
+            mean = F.normalize(features.double(), dim=1).mean(0)
+            means[class_idx] = (mean / mean.norm()).numpy()
+        return means if means is not None else np.zeros((self.total, 0))
+
+    def _forward_chunks(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 256):
+        """Features (N, D) and the network's CAMs (N, H, W) for stored uint8 images, without grad."""
+        view = self.view(network) if self.view is not None else network
+        feats, cams = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), chunk):
+                x = self._input(images[start : start + chunk])
+                out = view(x)
+                y = labels[start : start + chunk].to(self.device)
+                cams.append(cam_from_feature_maps(out["fmaps"], out["weight"], y, out_size=tuple(x.shape[-2:])).cpu())
+                feats.append(out["features"].cpu())
+        return torch.cat(feats), torch.cat(cams)
+
+    def _features_and_boxes(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                            need_features: bool = True):
+        """Herding features (N, D) (None unless `need_features`) and the boxes (N, 4) of the configured mask
+        mode, for stored uint8 images (N, 3, H, W)."""
+        mode = self.config["cim_mask"]
+        learned = None
+        if mode == "cim" and self.branch is not None:
+            learned = self._branch_cams(network, images, labels)
+        features = cams = None
+        if need_features or learned is None:
+            features, cams = self._forward_chunks(network, images, labels)
+        if learned is not None:
+            # A learned CAM that carries no location (constant or non-finite) falls back to the network's
+            # CAM for that image, rather than to a whole-image box.
+            flat = learned.flatten(1)
+            bad = (~(torch.isfinite(flat).all(1) & ((flat.amax(1) - flat.amin(1)) > 0))).nonzero().squeeze(1)
+            learned = learned.nan_to_num(0.0)
+            if bad.numel():
+                learned[bad] = cams[bad] if cams is not None else self._forward_chunks(network, images[bad],
+                                                                                       labels[bad])[1]
+            cams = learned
+        boxes = cam_to_boxes(cams, self.config["mask_threshold"])
+        H, W = images.shape[-2:]
+        if mode in ("random", "center"):
+            fraction = float(box_area_fraction(boxes, H, W).mean())
+            boxes = (random_boxes(len(images), H, W, fraction, generator=self.generator)
+                     if mode == "random" else center_boxes(len(images), H, W, fraction))
+        self.last_cams = cams
+        return features, boxes
+
+    # -- the adaptive mask model (SPEC steps 6-7) ----------------------------------------------
+    def _ensure_branch(self, network: nn.Module, x: torch.Tensor) -> CIMBranch:
+        """The CIM branch with one PAU per ReLU site of the current network, and the phase's φ optimiser.
+
+        At the first call of a phase: PAUs are added for the sites of a new backbone and, as the official
+        code (a new backbone is a copy of the previous one, PAUs included), start as a copy of the
+        previous backbone's PAUs; φ's Adam is made anew with the host optimiser's weight decay."""
+        if self.branch is not None and self.branch_task == self.task and self.phi_optimizer is not None:
+            return self.branch
+        if self.branch is None:
+            self.branch = CIMBranch()
+        branch = self.branch
+        view = self.view(network) if self.view is not None else network
+        with torch.no_grad():
+            sites = count_relu_sites(view, x[:2])
+        backbones = int(getattr(view, "num_backbones", 1))
+        branch.grow_to(sites, device=x.device)
+        if self.branch_task != self.task and backbones >= 2 and sites % backbones == 0:
+            copy_block(branch, sites // backbones, src=backbones - 2, dst=backbones - 1)
+        branch.to(x.device)
+        self.phi_optimizer = torch.optim.Adam(branch.parameters(), lr=self.config["phi_lr"],
+                                              weight_decay=self.phi_weight_decay)
+        self.branch_task = self.task
+        return branch
+
+    def _inner_loss(self, out, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The host's training loss on the hybrid input (default: CE on the logits)."""
+        if self.inner_loss is None:
+            return F.cross_entropy(self.logits_fn(out), y)
+        return self.inner_loss(out, y, x)
+
+    def _branch_mask(self, network, branch, x, y):
+        out = branch(self.view(network) if self.view is not None else network, x)
+        return cam_of_output(out, y, x.shape[-2:]), out["logits"]
+
+    def _meta_dataset(self, dataset: CompressAugmentDataset) -> Dataset:
+        """The official train-val set: new-class images (not compression-augmented) and the decoded
+        memory, both through the training transforms. Made once per phase."""
+        if self.meta_source is None:
+            base = dataset.base
+            parts = [base]
+            if self.memory is not None and len(self.memory):
+                memory = self.train_memory  # the loader's decoded memory (train transforms), if built
+                parts.append(memory if memory is not None and memory.memory is self.memory
+                             else ExemplarDataset(self.memory, base.trsf))
+            self.meta_source = _Concat(parts) if len(parts) > 1 else base
+        return self.meta_source
+
+    def _meta_batch(self, source: Dataset, pick: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Items `pick` of the train-val set as (x float (B, 3, H, W) on the device, y long (B,))."""
+        items = [source[i] for i in pick.tolist()]
+        x = torch.stack([item[1] for item in items]).to(self.device)
+        y = torch.as_tensor([int(item[2]) for item in items], dtype=torch.long, device=self.device)
+        return x, y
+
+    def _meta_steps(self, network: nn.Module, dataset: CompressAugmentDataset, lr_now: float) -> None:
+        """`num_meta_iters_per_cls` x new classes bilevel steps on batches of new data and memory."""
+        with self._timed("meta_steps"):
+            cfg = self.config
+            iters = max(1, math.ceil(cfg["num_meta_iters_per_cls"] * (self.total - self.known)))
+            batch = cfg["meta_batch_size"]
+            source = self._meta_dataset(dataset)
+            lr = self.meta_lr if self.meta_lr is not None else lr_now
+            lr0 = self.phase_lr0 or lr
+            for _ in range(iters):
+                pick = torch.randperm(len(source), generator=self.generator)[: 2 * batch]
+                half = len(pick) // 2
+                if half == 0:
+                    return
+                x, y = self._meta_batch(source, pick[: 2 * half])
+                x_in, x_out = x[:half], x[half:]
+                branch = self._ensure_branch(network, x_in)
+                for group in self.phi_optimizer.param_groups:  # φ follows the host's lr schedule
+                    group["lr"] = cfg["phi_lr"] * (lr / lr0 if lr0 > 0 else 1.0)
+                stats = meta_step(
+                    network=network, branch=branch, phi_optimizer=self.phi_optimizer,
+                    x_inner=x_in, y_inner=y[:half], x_inner_degraded=degrade(x_in, cfg["compress_ratio"]),
+                    x_outer=x_out, y_outer=y[half:], mask_fn=self._branch_mask,
+                    logits_fn=self.logits_fn, inner_loss_fn=self._inner_loss,
+                    fast_weight_filter=self.fast_weight_filter,
+                    lr=lr, lr_ratio=cfg["lr_ratio"], div_coef=cfg["div_coef"], reg_coef=cfg["reg_coef"],
+                    max_phi_grad_norm=cfg["max_phi_grad_norm"],
+                )
+                stats["memory_items"] = float((pick[: 2 * half] >= len(dataset.base)).sum())
+                self.meta_log.append(stats)
+
+    def _branch_cams(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     chunk: int = 256) -> torch.Tensor:
+        """CAMs (N, H, W) of the CIM branch (the learned masks) for stored uint8 images."""
+        cams = []
+        with torch.no_grad():
+            for start in range(0, len(images), chunk):
+                x = self._input(images[start : start + chunk])
+                branch = self._ensure_branch(network, x)
+                y = labels[start : start + chunk].to(self.device)
+                cams.append(self._branch_mask(network, branch, x, y)[0].cpu())
+        return torch.cat(cams)
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.to_input or default_to_input)(images).to(self.device)
+
+    def _timed(self, key: str):
+        """Adds the wall seconds of the block to ``seconds[key]`` and one to ``calls[key]``."""
+        return timed(self.seconds, self.calls, key, self.device)
+
+    # -- reporting and state -----------------------------------------------------------------
+    def report(self) -> Dict[str, Any]:
+        """The memory after a phase (exemplars, real bytes held, budget, box areas) and CIM's own work."""
+        memory = self.memory
+        counts = torch.bincount(memory.labels, minlength=self.total)[: self.total]
+        sizes = memory.sizes.double()
+        areas = (memory.boxes[:, 2] - memory.boxes[:, 0]).double() * (memory.boxes[:, 3] - memory.boxes[:, 1]).double()
+        full = sizes[:, 0] * sizes[:, 1]
+        return {
+            "exemplars": len(memory), "memory_bytes": int(memory.nbytes),
+            "memory_budget_bytes": self.budget_bytes(), "image_bytes": self.image_bytes,
+            "exemplars_per_class": {"min": int(counts.min()), "mean": float(counts.double().mean()),
+                                    "max": int(counts.max())},
+            "exemplars_per_class_counts": [int(c) for c in counts],
+            "mean_box_fraction": float((areas / full).mean()),
+            "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
+            "cim_mask": self.config["cim_mask"], "meta_steps": len(self.meta_log),
+            "mask_mean": float(np.mean([m["mask_mean"] for m in self.meta_log])) if self.meta_log else None,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "calls": dict(self.calls),
+        }
+
+    def exemplar_record(self) -> Dict[str, Any]:
+        """Where each exemplar came from: labels, source index, box, and the CAMs kept for figures."""
+        memory = self.memory
+        labels = memory.labels
+        source = torch.full((len(memory),), -1, dtype=torch.long)
+        cam_index, cams = [], []
+        for label, src in self.sources.items():
+            pos = (labels == label).nonzero().squeeze(1)[: len(src)]
+            source[pos] = src[: len(pos)]
+            kept = self.cams.get(label)
+            if kept is not None:
+                k = min(len(kept), len(pos))
+                cam_index.append(pos[:k])
+                cams.append(kept[:k])
+        return {"labels": labels.clone(), "source_index": source, "boxes": memory.boxes.long().clone(),
+                "cam_index": torch.cat(cam_index) if cam_index else torch.zeros(0, dtype=torch.long),
+                "cams": torch.cat(cams) if cams else None}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What carries over between phases, as tensors, numbers and dicts (``torch.save``-able)."""
+        return {"config": dict(self.config), "seed": self.seed, "generator": self.generator.get_state(),
+                "memory": None if self.memory is None else self.memory.state_dict(),
+                "image_bytes": self.image_bytes, "task": self.task, "branch_task": self.branch_task,
+                "branch": None if self.branch is None else {
+                    "state": self.branch.state_dict(), "fit_range": self.branch.fit_range,
+                    "zero_at_zero": self.branch.zero_at_zero},
+                "sources": dict(self.sources), "cams": dict(self.cams)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.config, self.seed = dict(state["config"]), int(state["seed"])
+        self.generator = torch.Generator()
+        self.generator.set_state(state["generator"])
+        self.memory = None
+        if state["memory"] is not None:
+            self.memory = CompressedMemory(0)
+            self.memory.load_state_dict(state["memory"])
+        self.image_bytes, self.task, self.branch_task = state["image_bytes"], state["task"], state["branch_task"]
+        self.branch = None
+        if state["branch"] is not None:
+            b = state["branch"]
+            self.branch = CIMBranch(fit_range=b["fit_range"], zero_at_zero=b["zero_at_zero"])
+            self.branch.load_state_dict(b["state"])
+            self.branch.to(next(iter(b["state"].values())).device if b["state"] else "cpu")
+        self.sources, self.cams = dict(state["sources"]), dict(state["cams"])
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickles (checkpoints) keep everything but the host's callables and this phase's datasets."""
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in HOST_CALLABLES + ("train_new", "train_memory", "meta_source")}
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.generator = torch.Generator()
+        self.generator.set_state(state["generator"])
+        for key in HOST_CALLABLES + ("train_new", "train_memory", "meta_source"):
+            self.__dict__.setdefault(key, default_logits if key == "logits_fn" else None)

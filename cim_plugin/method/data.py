@@ -1,0 +1,131 @@
+"""Datasets around CIM's memory and new-class data, for any PyTorch training loop.
+
+Items follow one convention (PyCIL's): ``(index, image Tensor(3, H, W) after the transform, label)``.
+Stored images are uint8 Tensor(3, H, W); a *loader* turns a dataset's raw items into stored images
+(``load(item) -> uint8 (3, H, W)``, ``load_many(items) -> uint8 (N, 3, H, W)``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, Dataset
+
+from .codec import compress
+from .memory import CompressedMemory
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 Tensor(3, H, W) -> PIL RGB image."""
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+class StoredImages:
+    """Loader for raw items that already are stored images (uint8 Tensor(3, H, W))."""
+
+    @staticmethod
+    def load(item: torch.Tensor) -> torch.Tensor:
+        return item
+
+    @staticmethod
+    def load_many(items) -> torch.Tensor:
+        return items if isinstance(items, torch.Tensor) else torch.stack(list(items))
+
+
+class TensorImages(Dataset):
+    """uint8 images (N, 3, H, W) and labels (N,) as a dataset of ``(index, trsf(PIL image), label)``:
+    the new-class data of a plain PyTorch loop. ``trsf`` is a torchvision transform on PIL images."""
+
+    def __init__(self, images: torch.Tensor, labels, trsf: Callable):
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.trsf = trsf
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        return idx, self.trsf(to_pil(self.images[idx])), int(self.labels[idx])
+
+
+class ExemplarDataset(Dataset):
+    """Decoded exemplars of a CompressedMemory as items ``(idx, trsf(image), label)``.
+
+    The exemplars are decoded once, in one batch per image size, when the dataset is made (once per
+    phase): a per-item decode costs about 1 ms of fixed overhead, 70x the batched cost, and would sit
+    on the loader's hot path. The decoded copies are transient working memory for this phase's loader
+    (PyCIL keeps raw exemplars in RAM the same way); what the budget counts is the stored memory.
+    Above `cache_bytes` of decoded pixels the dataset decodes per item instead.
+    """
+
+    CACHE_BYTES = 2 << 30
+
+    def __init__(self, memory: CompressedMemory, trsf, cache_bytes: Optional[int] = None):
+        self.memory = memory
+        self.trsf = trsf
+        self.labels = memory.labels.numpy()
+        limit = self.CACHE_BYTES if cache_bytes is None else cache_bytes
+        sizes = memory.sizes
+        decoded_bytes = int((3 * sizes[:, 0] * sizes[:, 1]).sum()) if len(memory) else 0
+        self._decoded: Optional[List[torch.Tensor]] = (
+            memory.decode_list() if 0 < decoded_bytes <= limit else None)
+
+    def __len__(self) -> int:
+        return len(self.memory)
+
+    def __getitem__(self, idx):
+        decoded = self.memory.decode_one(idx) if self._decoded is None else self._decoded[idx]
+        return idx, self.trsf(to_pil(decoded)), int(self.labels[idx])
+
+
+class CompressAugmentDataset(Dataset):
+    """New-class training images, each compressed with its current box with probability `prob`
+    (CIM's compression augmentation). Boxes (N, 4) are in stored-image coordinates.
+
+    ``base`` gives items ``(idx, image, label)`` and has ``images`` (raw items), ``labels`` and ``trsf``;
+    ``loader`` turns raw items into stored uint8 images. Whether item `idx` is compressed in pass `salt`
+    is a pure function of (seed, salt, idx), drawn from a generator of its own: the host's random stream
+    (shuffling, crops, flips) is the same as without CIM, and the draws are the same in every loader worker."""
+
+    def __init__(self, base, loader, compress_ratio: float, seed: int = 0):
+        self.base = base
+        self.pipeline = loader
+        self.ratio = compress_ratio
+        self.boxes: Optional[torch.Tensor] = None
+        self.prob = 0.0
+        self.seed = int(seed)
+        self.salt = 0  # set before each pass over the data
+        self.images, self.labels = base.images, base.labels
+
+    def _coin(self, idx: int) -> float:
+        key = ((self.seed * 1_000_003 + self.salt) * 1_000_003 + int(idx)) % (1 << 62)
+        return float(torch.rand((), generator=torch.Generator().manual_seed(key)))
+
+    def stored_images(self) -> torch.Tensor:
+        """All images as stored uint8 Tensor(N, 3, H, W) (for box refreshes)."""
+        return self.pipeline.load_many(self.images)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx):
+        if self.boxes is None or self.prob <= 0 or self._coin(idx) >= self.prob:
+            return self.base[idx]
+        stored = self.pipeline.load(self.base.images[idx])
+        image = compress(stored.unsqueeze(0), self.boxes[idx : idx + 1], self.ratio)[0]
+        return idx, self.base.trsf(to_pil(image)), self.base.labels[idx]
+
+
+class _Concat(ConcatDataset):
+    """ConcatDataset that keeps a `labels` attribute and returns global indices."""
+
+    def __init__(self, datasets: Sequence[Dataset]):
+        super().__init__(datasets)
+        self.labels = np.concatenate([np.asarray(d.labels) for d in datasets])
+
+    def __getitem__(self, idx):
+        _, image, label = super().__getitem__(idx)
+        return idx, image, label

@@ -1,0 +1,104 @@
+"""The memory budget of a run in bytes: what PyCIL's memory setting grants, the check that one exemplar
+per class fits before any training, and the per-phase memory record of results.json."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from ..config import ConfigError
+
+
+def bytes_per_image(learner, idata) -> int:
+    """Bytes of one uncompressed exemplar (uint8 HxWx3) of this dataset.
+
+    Datasets of varying size (ImageNet, Food-101) count the training resolution 224x224.
+    """
+    size = getattr(idata, "image_size", None) if idata is not None else None
+    if size is not None:
+        return int(3 * size[0] * size[1])
+    memory = getattr(learner, "_data_memory", None)
+    if memory is not None and len(memory) and isinstance(memory, np.ndarray) and memory.dtype == np.uint8:
+        return int(memory[0].nbytes)
+    return 3 * 224 * 224
+
+
+def memory_budget_bytes(config: Dict[str, Any], total_classes: int, image_bytes: int) -> int:
+    """Bytes PyCIL's memory setting grants: memory_size images, or memory_per_class per class."""
+    if config.get("fixed_memory"):
+        return int(config["memory_per_class"]) * total_classes * image_bytes
+    return int(config["memory_size"]) * image_bytes
+
+
+def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, int, Tuple[int, int]]:
+    """(bytes of one stored image, bytes of the cheapest CIM exemplar, (H, W)) for this run's data.
+
+    The cheapest exemplar is the fully low-resolution one (empty box), priced by
+    :func:`cim_plugin.method.codec.exemplar_nbytes`, on the image the memory stores: the first training
+    item through the adapter's ImagePipeline (e.g. 224x224 after ImageNet's Resize + CenterCrop).
+    """
+    import torch
+
+    from .data import ImagePipeline
+    from ..method.codec import exemplar_nbytes
+
+    image = ImagePipeline(data_manager).load(data_manager._train_data[0])  # uint8 (3, H, W)
+    H, W = int(image.shape[-2]), int(image.shape[-1])
+    cheapest = int(exemplar_nbytes(torch.zeros(1, 4, dtype=torch.long), H, W, config["compress_ratio"])[0])
+    return 3 * H * W, cheapest, (H, W)
+
+
+def _budget_error(setting: str, detail: str, key: str, need: int) -> ConfigError:
+    return ConfigError(f"memory budget too small for one exemplar per class: {setting} {detail}; "
+                       f'raise "{key}" to at least {need}')
+
+
+def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
+    """ConfigError, before any training, when one class's share of the memory cannot hold one exemplar.
+
+    Checked for the last phase (all ``data_manager`` classes known: the smallest share). Baseline:
+    PyCIL keeps memory_size // classes full images per class (fixed_memory: memory_per_class >= 1,
+    checked with the config). CIM: the share memory_budget_bytes // classes must hold the cheapest
+    exemplar (:func:`smallest_cim_exemplar`). Learners that keep no memory are not checked.
+    """
+    from .mixin import keeps_memory
+
+    if not keeps_memory(type(learner)) or len(data_manager._train_data) == 0:
+        return
+    classes = len(data_manager._class_order)
+    fixed = bool(config.get("fixed_memory"))
+    setting = (f'"memory_per_class" {config["memory_per_class"]} (fixed_memory)' if fixed
+               else f'"memory_size" {config["memory_size"]} shared by {classes} classes')
+    if not config.get("cim"):
+        if not fixed and config["memory_size"] // classes < 1:
+            raise _budget_error(setting, "leaves PyCIL memory_size // classes = 0 exemplars per class (the smallest "
+                                "possible exemplar is a full image)", "memory_size", classes)
+        return
+    image_bytes, cheapest, (H, W) = smallest_cim_exemplar(config, data_manager)
+    share = memory_budget_bytes(config, classes, image_bytes) // classes
+    if share >= cheapest:
+        return
+    # the smallest setting whose share holds `cheapest`
+    key, need = ("memory_per_class", -(-cheapest // image_bytes)) if fixed else (
+        "memory_size", -(-classes * cheapest // image_bytes))
+    raise _budget_error(setting, f"gives each class {share} bytes, but the smallest possible exemplar, the {H}x{W} "
+                        f"image kept only at 1/{config['compress_ratio']:g} resolution plus its box, costs "
+                        f"{cheapest} bytes (a full image: {image_bytes})", key, need)
+
+
+def memory_report(learner, config, idata) -> Dict[str, Any]:
+    """Exemplars held after a phase and the bytes they occupy (baseline: exemplars x image bytes)."""
+    if hasattr(learner, "cim_memory_report"):
+        return learner.cim_memory_report()
+    targets = np.asarray(getattr(learner, "_targets_memory", np.array([])))
+    image_bytes = bytes_per_image(learner, idata)
+    counts = np.bincount(targets.astype(np.int64), minlength=learner._total_classes) if len(targets) else None
+    return {
+        "exemplars": int(len(targets)),
+        "memory_bytes": int(len(targets)) * image_bytes,
+        "exemplars_per_class": None
+        if counts is None
+        else {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max())},
+        "exemplars_per_class_counts": None if counts is None else [int(c) for c in counts],
+    }
