@@ -83,6 +83,7 @@ LEARNERS: Dict[str, str] = {
 # Learners the plug-in adds (built on PyCIL's classes), same "module:Class" form.
 PLUGIN_LEARNERS: Dict[str, str] = {
     "der_p": "cim_plugin.pycil.der_p:DERP",
+    "lucir": "cim_plugin.pycil.lucir:LUCIR",
 }
 PYCIL_DATASETS = ("cifar10", "cifar100", "imagenet100", "imagenet1000")
 

@@ -10,6 +10,7 @@ that phase. Phase 0 of every learner is plain cross-entropy; later phases add th
 | der, der_p | CE | CE + CE(aux_logits, aux targets) |
 | foster | CE | CE(logits / per-class weights) + CE(fe_logits) + λ_okd KD(logits[:, :old], old_logits, T) |
 | replay | CE | CE |
+| lucir | CE | CE(σ cos) + λ (1 − cos(f, f_old)) + margin ranking on old-class samples (``lucir_losses``) |
 
 Every function here has the signature ``loss(learner, out, y, x) -> scalar Tensor``: ``out`` is the host
 network's forward output (a dict) for the hybrid input ``x`` (float Tensor(B, C, H, W)) and ``y`` are the
@@ -107,10 +108,15 @@ def foster_loss(learner, out, y, x) -> torch.Tensor:
     return clf + fe + kd
 
 
+def lucir_loss(learner, out, y, x) -> torch.Tensor:
+    """LUCIR's own loss (CE + λ less-forget + margin ranking), computed by the learner (``lucir.py``)."""
+    return learner.lucir_loss(out, y, x)
+
+
 #: learner name (PyCIL's model_name) -> its inner loss.
 INNER_LOSSES: Dict[str, InnerLoss] = {
     "icarl": icarl_loss, "wa": wa_loss, "der": der_loss, "der_p": der_loss, "foster": foster_loss,
-    "replay": ce_loss,
+    "replay": ce_loss, "lucir": lucir_loss,
 }
 
 

@@ -29,11 +29,9 @@ from .data import DataManagerProxy, ImagePipeline, MemoryAppendent, _EpochHookLo
 from .host import learner_modules
 from .inner_losses import inner_loss_for
 from .network import FmapView, unwrap
+from .support import SUPPORTED, refusal  # learners run end to end with CIM; why the others are refused
 
 log = logging.getLogger("cim_plugin")
-
-# Learners whose memory flow the adapter has been tested with end to end.
-SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p")
 
 # The learners' epoch loops that receive the phase's CIL optimiser as an argument: the mixin reads the
 # current learning rate and weight decay from it (inner step size, φ's schedule and weight decay).
@@ -176,10 +174,7 @@ def cim_learner_class(base_cls, args: Dict[str, Any]):
             f"or use a rehearsal learner ({', '.join(SUPPORTED)})"
         )
     if name not in SUPPORTED:
-        raise ConfigError(
-            f'"cim": true is not supported for learner "{name}" yet (its memory flow is untested with the plug-in); '
-            f"supported: {', '.join(SUPPORTED)}"
-        )
+        raise ConfigError(f"{refusal(name)}; supported: {', '.join(SUPPORTED)}")
     cls = type(f"CIM{base_cls.__name__}", (CIMMixin, base_cls), {})
     for loop in TRAIN_LOOPS:
         if hasattr(base_cls, loop):

@@ -29,6 +29,7 @@ from ..config import (
 )
 from ..io import write_json
 from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
+from .support import check_cim_support
 from .host import (
     PYCIL_DATASETS,
     check_constant_overrides,
@@ -73,6 +74,7 @@ def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
     config = with_defaults(config)
     validate_run_keys(config)
     validate_cim_keys(config)
+    check_cim_support(config)  # a learner CIM cannot run on -> ConfigError with the reason, before importing it
     cls = learner_class(config["model_name"])  # unknown learner -> ConfigError listing valid ones
     check_convnet_type(config["convnet_type"])
     check_constant_overrides(config, learner_modules(cls))
