@@ -15,7 +15,6 @@ streams (:func:`~cim_plugin.method.rng.random_streams_untouched`); its draws com
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -319,7 +318,7 @@ class CIM:
         """`num_meta_iters_per_cls` x new classes bilevel steps on batches of new data and memory."""
         with self._timed("meta_steps"):
             cfg = self.config
-            iters = max(1, math.ceil(cfg["num_meta_iters_per_cls"] * (self.total - self.known)))
+            iters = max(1, int(cfg["num_meta_iters_per_cls"] * (self.total - self.known)))  # official int(), at least 1
             batch = cfg["meta_batch_size"]
             source = self._meta_dataset(dataset)
             lr = self.meta_lr if self.meta_lr is not None else lr_now
