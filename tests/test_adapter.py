@@ -227,3 +227,24 @@ def test_foster_compression_epochs_run_no_cim_work():
     assert cim.epoch == 2 and len(worked) == 1 and not learner._cim_paused
     learner._cim_on_epoch()
     assert cim.epoch == 3 and len(worked) == 2
+
+
+def test_a_checkpoint_from_before_the_cim_object_resumes_into_it():
+    """Checkpoints restore learner attributes; those written before CIM became one object hold its parts
+    as `_cim_*` attributes, which the next phase hands to the CIM object."""
+    from cim_plugin.config import CIM_DEFAULTS
+    from cim_plugin.method.memory import CompressedMemory
+    from cim_plugin.pycil.mixin import CIMMixin
+
+    class Host:
+        def __init__(self, args):
+            self.args = args
+
+    learner = type("CIMHost", (CIMMixin, Host), {})({**CIM_DEFAULTS, "seed": 0})
+    memory, generator = CompressedMemory(100), torch.Generator().manual_seed(5)
+    learner.__dict__.update(_cim_memory=memory, _cim_branch_task=3, _cim_generator=generator,
+                            _cim_image_bytes=12, _cim_sources={0: torch.arange(2)}, _cim_cams={})
+    learner._cim_adopt_legacy_state()
+    cim = learner._cim
+    assert cim.memory is memory and cim.branch_task == 3 and cim.generator is generator and cim.image_bytes == 12
+    assert list(cim.sources) == [0] and not any(k.startswith("_cim_memory") for k in vars(learner))

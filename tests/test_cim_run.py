@@ -72,7 +72,7 @@ def test_unsupported_rehearsal_learner_is_refused(tmp_path):
     cfg = write_config(tmp_path / "c.json", tiny_learner_config("podnet", cim=True))
     result = run_cli([cfg, "--out", tmp_path / "out"])
     assert result.returncode == 2
-    assert "not supported" in result.stderr
+    assert "cannot run on learner" in result.stderr and "supported: " in result.stderr  # the reason, then the list
 
 
 def test_dataparallel_network_gives_the_same_run(tmp_path):

@@ -64,6 +64,7 @@ class CIMMixin:
 
     # -- PyCIL entry points ------------------------------------------------------------------
     def incremental_train(self, data_manager):
+        self._cim_adopt_legacy_state()
         if self._cim_pipeline is None:
             self._cim_pipeline = ImagePipeline(data_manager)
         self._cim_cil_optimizer = None
@@ -76,6 +77,13 @@ class CIMMixin:
                                                                                device=self._device),
                               inner_loss=functools.partial(self._cim_inner_loss_fn, self))
         return super().incremental_train(DataManagerProxy(data_manager, self))
+
+    def _cim_adopt_legacy_state(self) -> None:
+        """A checkpoint written before CIM became one object restores its parts as learner attributes
+        (``_cim_memory``, ...): hand them to the CIM object, so such a run resumes as it would have."""
+        for name in ("memory", "branch", "branch_task", "generator", "image_bytes", "sources", "cams"):
+            if f"_cim_{name}" in vars(self):
+                setattr(self._cim, name, vars(self).pop(f"_cim_{name}"))
 
     def _train(self, train_loader, *rest, **kwargs):
         return super()._train(_EpochHookLoader(train_loader, self._cim_on_epoch), *rest, **kwargs)
