@@ -32,8 +32,11 @@ CIM_DEFAULTS: Dict[str, Any] = {
     "randombbxblur_prob_incre": 0.1,
     "div_coef": 0.2,
     "reg_coef": 0.1,
+    "exemplar_codec": "raw",
+    "jpeg_quality": 75,
 }
-CIM_MASK_MODES = ("cim", "cam", "random", "center")
+CIM_MASK_MODES = ("cim", "cam", "random", "center", "full")
+EXEMPLAR_CODECS = ("raw", "jpeg")
 
 # Keys read by the runner itself (not by PyCIL).
 RUNNER_KEYS = {"data_root"}
@@ -124,6 +127,13 @@ def validate_cim_keys(config: Dict[str, Any]) -> None:
     _require_number(config, "randombbxblur_prob_incre", low=0.0, high=1.0)
     _require_number(config, "div_coef", low=0.0)
     _require_number(config, "reg_coef", low=0.0)
+    if config["exemplar_codec"] not in EXEMPLAR_CODECS:
+        raise ConfigError(f'"exemplar_codec" must be one of {list(EXEMPLAR_CODECS)} ("raw": uint8 pixels, "jpeg": '
+                          f'JPEG streams of the box crop and the low-resolution frame), got {config["exemplar_codec"]!r}')
+    quality = config["jpeg_quality"]
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f'"jpeg_quality" must be an integer in [1, 100] (libjpeg quality; 75 is a usual '
+                          f'choice), got {quality!r}')
 
 
 def validate_run_keys(config: Dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cim_plugin.config import CIM_MASK_MODES  # noqa: E402
+from cim_plugin.config import CIM_MASK_MODES, EXEMPLAR_CODECS  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-modes", nargs="+", choices=CIM_MASK_MODES, metavar="MODE",
                    help=f"one CIM variant per mask mode ({', '.join(CIM_MASK_MODES)}); default: the config's "
                         f'"cim_mask", else one "cim" variant')
+    p.add_argument("--codecs", nargs="+", choices=EXEMPLAR_CODECS, metavar="CODEC",
+                   help=f"one CIM variant per mask mode and exemplar codec ({', '.join(EXEMPLAR_CODECS)}; "
+                        '"jpeg" variants are named "<variant>-jpeg"); default: the config\'s "exemplar_codec"')
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs at once, each in its own process with cores/N threads (default 1)")
     mode = p.add_mutually_exclusive_group()
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
     try:
         return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,
                              resume=args.resume, overwrite=args.overwrite, report_only=args.report_only,
-                             jobs=args.jobs, checks=checks)
+                             jobs=args.jobs, checks=checks, codecs=args.codecs)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

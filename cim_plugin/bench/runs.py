@@ -9,7 +9,8 @@ Folder layout of a benchmark DIR::
     DIR/summary.md, summary.csv, curves.png, memory.png, exemplars.png
 
 Variants: "baseline" ("cim" false) and "cim" ("cim" true), or one "cim-<mode>" per mask mode when
-the config sets "cim_mask" or the command passes mask modes. Each run is a subprocess of
+the config sets "cim_mask" or the command passes mask modes; with codecs, each once per codec
+("cim-full-jpeg" is MRDC, "cim-cim-jpeg" CIM+JPEG). Each run is a subprocess of
 ``exps/run.py`` so that a crash of one run neither stops the benchmark nor keeps its memory.
 
 Object sizes (where the dataset knows its boxes): an image's object size is its true box area /
@@ -35,7 +36,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 
 import numpy as np
 
-from ..config import CIM_MASK_MODES, ConfigError, load_config
+from ..config import CIM_MASK_MODES, EXEMPLAR_CODECS, ConfigError, load_config
 from ..io import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,24 +66,25 @@ class RunSpec:
         return f"{self.stem}/{self.variant}/seed_{self.seed}"
 
 
-def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
-    """Variant name -> the keys it sets: baseline, then "cim" or one "cim-<mode>" per mask mode.
+def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = None,
+                 codecs: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """Variant name -> the keys it sets: baseline, then "cim" or one "cim-<mode>" per mask mode, each once
+    per exemplar codec of ``codecs`` ("-jpeg" appended to the name of a JPEG variant: "cim-full-jpeg").
 
     ``mask_modes`` (from the command) wins over the config's "cim_mask"; without either the
-    single CIM variant "cim" uses the default mask mode.
+    single CIM variant "cim" uses the default mask mode. ``codecs`` wins over "exemplar_codec".
     """
     out: Dict[str, Dict[str, Any]] = {BASELINE: {"cim": False}}
-    if mask_modes:
-        modes = list(dict.fromkeys(mask_modes))
-    elif "cim_mask" in config:
-        modes = [config["cim_mask"]]
-    else:
-        out["cim"] = {"cim": True}
-        return out
+    modes = list(dict.fromkeys(mask_modes)) if mask_modes else [config["cim_mask"]] if "cim_mask" in config else [None]
     for mode in modes:
-        if mode not in CIM_MASK_MODES:
+        if mode is not None and mode not in CIM_MASK_MODES:
             raise ConfigError(f"unknown mask mode {mode!r}; valid modes: {list(CIM_MASK_MODES)}")
-        out[f"cim-{mode}"] = {"cim": True, "cim_mask": mode}
+        for codec in dict.fromkeys(codecs or [None]):
+            if codec is not None and codec not in EXEMPLAR_CODECS:
+                raise ConfigError(f"unknown exemplar codec {codec!r}; valid codecs: {list(EXEMPLAR_CODECS)}")
+            keys = {"cim": True, **({} if mode is None else {"cim_mask": mode}),
+                    **({} if codec is None else {"exemplar_codec": codec})}
+            out[("cim" if mode is None else f"cim-{mode}") + ("-jpeg" if codec == "jpeg" else "")] = keys
     return out
 
 
@@ -123,7 +125,8 @@ def load_benchmark_configs(paths: Sequence[str | Path], seeds: Sequence[int],
     return out
 
 
-def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Sequence[str]], checks) -> None:
+def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Sequence[str]], checks,
+                  codecs: Optional[Sequence[str]] = None) -> None:
     """Check each config with ``checks.check_run`` (the runner's own checks: keys, devices, CIM support)
     before any run starts.
 
@@ -131,7 +134,7 @@ def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Seque
     "cim_mask", which :func:`variants_for` has checked), so key warnings are printed once.
     """
     for entry in configs.values():
-        variants = variants_for(entry["config"], mask_modes)
+        variants = variants_for(entry["config"], mask_modes, codecs)
         overrides = next(v for name, v in variants.items() if name != BASELINE)
         config = dict(entry["config"], **overrides, seed=[DEFAULT_SEEDS[0]])
         try:
@@ -141,12 +144,12 @@ def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Seque
 
 
 def plan_runs(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], out_dir: Path,
-              mask_modes: Optional[Sequence[str]] = None) -> List[RunSpec]:
+              mask_modes: Optional[Sequence[str]] = None, codecs: Optional[Sequence[str]] = None) -> List[RunSpec]:
     """All runs, seed-major (every variant of seed 1 before seed 2), so early seeds give a first table."""
     runs = []
     for seed in seeds:
         for stem, entry in configs.items():
-            for variant, overrides in variants_for(entry["config"], mask_modes).items():
+            for variant, overrides in variants_for(entry["config"], mask_modes, codecs).items():
                 config = dict(entry["config"], **overrides)
                 config["seed"] = [int(seed)]
                 runs.append(RunSpec(stem, variant, int(seed), config, out_dir / stem / variant / f"seed_{seed}"))
@@ -155,13 +158,14 @@ def plan_runs(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], out_dir:
 
 # ------------------------------------------------------------------------------------- manifest
 def make_manifest(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int],
-                  mask_modes: Optional[Sequence[str]]) -> Dict[str, Any]:
+                  mask_modes: Optional[Sequence[str]], codecs: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return {
         "schema": MANIFEST_SCHEMA,
         "configs": configs,
         "seeds": [int(s) for s in seeds],
-        "variants": {stem: list(variants_for(e["config"], mask_modes)) for stem, e in configs.items()},
+        "variants": {stem: list(variants_for(e["config"], mask_modes, codecs)) for stem, e in configs.items()},
         "mask_modes": list(mask_modes) if mask_modes else None,
+        **({"codecs": list(codecs)} if codecs else {}),
     }
 
 
@@ -385,7 +389,7 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
                   resume: bool = False, overwrite: bool = False, report_only: bool = False,
                   runner: Callable[[RunSpec, bool], int] = subprocess_runner,
                   echo: Callable[[str], None] = print, warn: Optional[Callable[[str], None]] = None,
-                  validate: bool = True, jobs: int = 1, checks=None) -> int:
+                  validate: bool = True, jobs: int = 1, checks=None, codecs: Optional[Sequence[str]] = None) -> int:
     """The benchmark command. Returns 0 when every run finished, 1 when some failed (the report is
     written from the others). Bad input raises ConfigError (the CLI prints it and exits 2).
 
@@ -415,12 +419,12 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
         raise ConfigError(f"--seeds has repeated values {seeds}; give each seed once")
     configs = load_benchmark_configs(config_paths, seeds, warn, checks)
     if validate and checks is not None:
-        validate_runs(configs, mask_modes, checks)
+        validate_runs(configs, mask_modes, checks, codecs)
     if out_dir is None:
         out_dir = Path("runs") / f"benchmark_{'_'.join(configs)}_{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, make_manifest(configs, seeds, mask_modes), resume, overwrite)
-    runs = plan_runs(configs, seeds, out_dir, mask_modes)
+    prepare_out_dir(out_dir, make_manifest(configs, seeds, mask_modes, codecs), resume, overwrite)
+    runs = plan_runs(configs, seeds, out_dir, mask_modes, codecs)
     echo(f"benchmark: {len(runs)} runs ({len(configs)} config(s), seeds {seeds}, baseline and CIM variants) "
          f"into {out_dir}")
     if runner is subprocess_runner and jobs > 1:

@@ -85,6 +85,8 @@ def summary_rows(groups: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]],
         row: Dict[str, Any] = {
             "config": stem, "learner": first.get("learner"), "dataset": first.get("dataset"), "variant": variant,
             "cim_mask": first["config"].get("cim_mask") if first.get("cim") else None,
+            "codec": first["config"].get("exemplar_codec", "raw") if first.get("cim") else "raw",
+            "jpeg_quality": first["config"].get("jpeg_quality"),
             "n_seeds": len(seeds), "seeds": " ".join(map(str, seeds)),
         }
         for key, get in (
@@ -120,7 +122,7 @@ def summary_rows(groups: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]],
     return rows
 
 
-CSV_COLUMNS = ("config", "learner", "dataset", "variant", "cim_mask", "n_seeds", "seeds",
+CSV_COLUMNS = ("config", "learner", "dataset", "variant", "cim_mask", "codec", "n_seeds", "seeds",
                "aia_cnn_mean", "aia_cnn_std", "aia_nme_mean", "aia_nme_std", "last_top1_cnn_mean",
                "last_top1_cnn_std", "forgetting_cnn_mean", "forgetting_cnn_std", "exemplars_per_class_mean",
                "exemplars_per_class_std", "memory_bytes_mean", "budget_bytes", "memory_use", "wall_s_mean",
@@ -144,7 +146,7 @@ def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
 
 def results_table(rows: List[Dict[str, Any]]) -> List[str]:
     """The combined markdown table of :func:`summary_rows`."""
-    head = ("| config | learner | variant | seeds | avg inc acc CNN (%) | avg inc acc NME (%) | last top-1 (%) "
+    head = ("| config | learner | variant | codec | seeds | avg inc acc CNN (%) | avg inc acc NME (%) | last top-1 (%) "
             "| forgetting (%) | exemplars / class | memory held / budget | wall time (s) | gain avg inc acc (pts ± s.e.) "
             "| gain last top-1 (pts ± s.e.) | time ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -154,7 +156,7 @@ def results_table(rows: List[Dict[str, Any]]) -> List[str]:
                if math.isfinite(r["memory_use"]) else "—")
         ratio = f"{r['time_ratio']:.2f}" if math.isfinite(r["time_ratio"]) else "—"
         lines.append("| " + " | ".join([
-            r["config"], str(r["learner"]), r["variant"], str(r["n_seeds"]),
+            r["config"], str(r["learner"]), r["variant"], _codec(r), str(r["n_seeds"]),
             fmt(r["aia_cnn_mean"], r["aia_cnn_std"]), fmt(r["aia_nme_mean"], r["aia_nme_std"]),
             fmt(r["last_top1_cnn_mean"], r["last_top1_cnn_std"]),
             fmt(r["forgetting_cnn_mean"], r["forgetting_cnn_std"]),
@@ -165,6 +167,11 @@ def results_table(rows: List[Dict[str, Any]]) -> List[str]:
             "" if r["variant"] == BASELINE else ratio,
         ]) + " |")
     return lines
+
+
+def _codec(row: Dict[str, Any]) -> str:
+    """How the variant stores exemplars: "raw" or "jpeg q<quality>"."""
+    return row["codec"] if row["codec"] != "jpeg" else f"jpeg q{row.get('jpeg_quality', '?')}"
 
 
 def _signed(mean: float, std: float) -> str:

@@ -28,11 +28,12 @@ from .bilevel import meta_step
 from .boxes import box_area_fraction, cam_to_boxes, center_boxes, random_boxes
 from .cam import cam_from_feature_maps
 from .cim_branch import CIMBranch, count_relu_sites
-from .codec import compress, degrade
+from .codec import degrade
 from .data import CompressAugmentDataset, ExemplarDataset, _Concat
 from .network import cam_of_output, copy_block, default_logits, default_to_input, evaluating, is_fast_weight
 from .herding import herding_order
 from .memory import CompressedMemory
+from .memory_kinds import make_memory, memory_from_state
 from .rng import random_streams_untouched
 from .timing import timed
 
@@ -107,9 +108,11 @@ class CIM:
         return int(self.budget_images) * self.image_bytes
 
     def class_budget_bytes(self) -> int:
+        """A class's byte share, less its part of what the memory holds once (JPEG tables)."""
+        shared = -(-self.memory.shared_nbytes // self.total) if self.memory is not None else 0
         if self.class_budget_images is not None:
-            return int(self.class_budget_images) * self.image_bytes
-        return int(self.budget_images) * self.image_bytes // self.total
+            return int(self.class_budget_images) * self.image_bytes - shared
+        return int(self.budget_images) * self.image_bytes // self.total - shared
 
     # -- data --------------------------------------------------------------------------------
     def augmented(self, dataset, loader) -> CompressAugmentDataset:
@@ -173,11 +176,10 @@ class CIM:
                 return self._build_memory(network, classes)
 
     def _build_memory(self, network: nn.Module, classes) -> np.ndarray:
-        ratio = self.config["compress_ratio"]
         for k, (label, images, source) in enumerate(classes):
             if self.memory is None:
                 self.image_bytes = 3 * int(images.shape[-2]) * int(images.shape[-1])
-                self.memory = CompressedMemory(self.budget_bytes(), ratio)
+                self.memory = make_memory(self.budget_bytes(), self.config, self.device)
             memory = self.memory
             budget = self.class_budget_bytes()
             if k == 0:
@@ -185,9 +187,9 @@ class CIM:
                 memory.reduce(budget)
             labels = torch.full((len(images),), label, dtype=torch.long)
             # Herding ranks the compressed candidates (what is stored is what is herded), as the
-            # official code: boxes first, then features of the decoded images.
+            # official code: boxes first, then features of the decoded images (raw or JPEG).
             _, boxes = self._features_and_boxes(network, images, labels, need_features=False)
-            features, _ = self._forward_chunks(network, compress(images, boxes, ratio), labels)
+            features, _ = self._forward_chunks(network, memory.compressed(images, boxes), labels)
             try:
                 kept = memory.select_class(images, features, boxes, label, budget, replace=True)
             except ValueError as err:
@@ -195,7 +197,8 @@ class CIM:
                                      f"bytes ({self.image_bytes} B each) shared by {self.total} classes") from None
             order = herding_order(features, kept)  # the memory keeps this prefix, in this order
             self.sources[label] = source[order]
-            self.cams[label] = self.last_cams[order[:CAMS_KEPT]].half()
+            if self.last_cams is not None:  # none in mask mode "full"
+                self.cams[label] = self.last_cams[order[:CAMS_KEPT]].half()
         self.memory.check_budget()
         counts = self.memory.counts()
         for label in list(self.sources):
@@ -234,6 +237,9 @@ class CIM:
         """Herding features (N, D) (None unless `need_features`) and the boxes (N, 4) of the configured mask
         mode, for stored uint8 images (N, 3, H, W)."""
         mode = self.config["cim_mask"]
+        if mode == "full":  # whole-image boxes, no CAM: the baseline's images (raw) or MRDC (jpeg)
+            self.last_cams, box = None, torch.tensor([[0, 0, images.shape[-1], images.shape[-2]]])
+            return (self._forward_chunks(network, images, labels)[0] if need_features else None), box.repeat(len(images), 1)
         learned = None
         if mode == "cim" and self.branch is not None:
             learned = self._branch_cams(network, images, labels)
@@ -380,7 +386,7 @@ class CIM:
             "exemplars_per_class_counts": [int(c) for c in counts],
             "mean_box_fraction": float((areas / full).mean()),
             "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
-            "cim_mask": self.config["cim_mask"], "meta_steps": len(self.meta_log),
+            "cim_mask": self.config["cim_mask"], "exemplar_codec": memory.codec, "meta_steps": len(self.meta_log),
             "mask_mean": float(np.mean([m["mask_mean"] for m in self.meta_log])) if self.meta_log else None,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "calls": dict(self.calls),
         }
@@ -419,8 +425,7 @@ class CIM:
         self.generator.set_state(state["generator"])
         self.memory = None
         if state["memory"] is not None:
-            self.memory = CompressedMemory(0)
-            self.memory.load_state_dict(state["memory"])
+            self.memory = memory_from_state(state["memory"], self.device)
         self.image_bytes, self.task, self.branch_task = state["image_bytes"], state["task"], state["branch_task"]
         self.branch = None
         if state["branch"] is not None:

@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import operator
 import os
-import tempfile
 from typing import Dict, Iterator, List, Tuple, Union
 
 import torch
 
 from .boxes import box_areas, check_boxes
-from .codec import decode, encode, exemplar_nbytes, frame_npixels, _check_ratio, _check_uint8_images
+from .codec import BOX_NBYTES, compress, decode, encode, exemplar_nbytes, frame_npixels, _check_ratio
 from .herding import herding_order
-from .packing import _ranges, _size_groups
+from .memory_state import atomic_save, check_state
+from .packing import INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
-_INT16_MAX = 32767
 _STATE_VERSION = 2  # 1: full low-res image per exemplar ("lowres_off"), converted on load
+
+
+def _batch(images, idx: torch.Tensor) -> torch.Tensor:
+    """Candidates ``idx`` of a uint8 Tensor(N,3,H,W) or of a list of same-size uint8 Tensor(3,H,W)."""
+    if isinstance(images, torch.Tensor):
+        return images.index_select(0, idx.to(images.device))
+    return torch.stack([images[i] for i in idx.tolist()])
 
 
 class BudgetExceededError(RuntimeError):
@@ -55,14 +61,19 @@ class CompressedMemory:
         budget_bytes: total bytes the memory may hold (payload + boxes). A PyCIL budget of
             ``memory_size`` full 32x32 RGB images is ``memory_size * 3 * 32 * 32``.
         compress_ratio: r, pixels of an image per pixel of its low-resolution copy (>= 1).
+        implicit_boxes: every box is the whole image (mask mode "full"), so boxes carry no information
+            and are not counted (an exemplar of a full box then costs exactly 3*H*W bytes).
     """
 
-    def __init__(self, budget_bytes: int, compress_ratio: float = 4.0):
+    codec = "raw"
+
+    def __init__(self, budget_bytes: int, compress_ratio: float = 4.0, implicit_boxes: bool = False):
         budget_bytes = _as_int(budget_bytes, "budget_bytes")
         if budget_bytes < 0:
             raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
         self.budget_bytes = budget_bytes
         self.compress_ratio = _check_ratio(compress_ratio)
+        self.implicit_boxes = bool(implicit_boxes)
         self._payload = torch.zeros(0, dtype=torch.uint8)
         self._boxes = torch.zeros(0, 4, dtype=torch.int16)
         self._labels = torch.zeros(0, dtype=torch.long)
@@ -95,9 +106,16 @@ class CompressedMemory:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held, measured on the stored tensors: payload + boxes."""
-        return (self._payload.numel() * self._payload.element_size()
-                + self._boxes.numel() * self._boxes.element_size())
+        """Bytes held, measured on the stored tensors: payload + boxes (unless implicit)."""
+        return self._payload.numel() * self._payload.element_size() + len(self) * self._box_nbytes()
+
+    @property
+    def shared_nbytes(self) -> int:
+        """Bytes held once per memory, whatever the number of exemplars (none for raw pixels)."""
+        return 0
+
+    def _box_nbytes(self) -> int:
+        return 0 if self.implicit_boxes else self._boxes.shape[1] * self._boxes.element_size()
 
     def classes(self) -> List[int]:
         """Sorted list of the labels present."""
@@ -120,7 +138,7 @@ class CompressedMemory:
 
     def exemplar_nbytes(self) -> torch.Tensor:
         """int64 Tensor(N,), stored bytes of each exemplar (frame + crop + box)."""
-        return self._frame_len() + self._crop_len() + self._boxes.shape[1] * self._boxes.element_size()
+        return self._frame_len() + self._crop_len() + self._box_nbytes()
 
     def nbytes_per_class(self) -> Dict[int, int]:
         """label -> bytes held by its exemplars (sums to :attr:`nbytes`)."""
@@ -151,7 +169,7 @@ class CompressedMemory:
             number of exemplars kept (>= 1). Raises ValueError (memory unchanged) if not even one
             fits, or if the memory as a whole would exceed its budget.
         """
-        sizes = self._image_sizes(images)
+        sizes = image_sizes(images)
         n = sizes.shape[0]
         if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != n:
             raise TypeError(f"features must be a float Tensor(N={n}, D), got {getattr(features, 'shape', type(features))}")
@@ -166,12 +184,10 @@ class CompressedMemory:
             raise ValueError(f"class {label} is already in memory; pass replace=True or call remove_class({label})")
         if n == 0:
             raise ValueError(f"class {label}: no candidate images given")
-        nb = torch.empty(n, dtype=torch.long)
-        groups = list(_size_groups(sizes))
-        for (H, W), pos in groups:
-            b = check_boxes(boxes[pos], H, W)
-            nb[pos] = exemplar_nbytes(b, H, W, self.compress_ratio)
+        for (H, W), pos in _size_groups(sizes):
+            check_boxes(boxes[pos], H, W)
         boxes = boxes.long()
+        nb, encoded = self._candidates(images, boxes, sizes)
         kmax = min(n, budget_bytes // int(nb.min())) if budget_bytes >= 0 else 0
         if kmax == 0:
             i = int(nb.argmin())
@@ -191,18 +207,34 @@ class CompressedMemory:
             raise ValueError(f"class {label}: adding {keep} exemplars ({add} bytes) would bring the memory to "
                              f"{new_total} bytes > budget {self.budget_bytes} bytes; reduce the other classes "
                              "first or pass a smaller class budget")
-        # encode the kept exemplars, one batch per image size; entries stay in herding order
+        parts = self._encode_kept(images, boxes, order, sizes, encoded)
+        if present:
+            self._drop(self._labels == label)
+        self._append(parts, boxes[order], label, sizes[order])
+        self.check_budget()
+        return keep
+
+    def _candidates(self, images, boxes: torch.Tensor, sizes: torch.Tensor):
+        """(int64 Tensor(N,) bytes each candidate would cost, what :meth:`_encode_kept` may reuse)."""
+        nb = torch.empty(sizes.shape[0], dtype=torch.long)
+        for (H, W), pos in _size_groups(sizes):
+            nb[pos] = exemplar_nbytes(boxes[pos], H, W, self.compress_ratio) - (BOX_NBYTES - self._box_nbytes())
+            if self.implicit_boxes and bool((boxes[pos] != torch.tensor([0, 0, W, H])).any()):
+                raise ValueError(f"this memory stores whole-image boxes only (implicit_boxes); got "
+                                 f"{boxes[pos][:2].tolist()}...")
+        return nb, None
+
+    def _encode_kept(self, images, boxes: torch.Tensor, order: torch.Tensor, sizes: torch.Tensor, encoded) -> dict:
+        """Encode candidates ``order`` (herding order), one batch per image size: the payload chunks and
+        the offsets of each exemplar's frame and crop inside their concatenation."""
         sel_sizes = sizes[order]
-        frame_off = torch.empty(keep, dtype=torch.long)
-        crop_off = torch.empty(keep, dtype=torch.long)
+        frame_off = torch.empty(len(order), dtype=torch.long)
+        crop_off = torch.empty(len(order), dtype=torch.long)
         chunks = []
         base = 0
         for (H, W), pos in _size_groups(sel_sizes):
             idx = order[pos]
-            if isinstance(images, torch.Tensor):
-                batch = images.index_select(0, idx.to(images.device))
-            else:
-                batch = torch.stack([images[i] for i in idx.tolist()])
+            batch = _batch(images, idx)
             frame, crops = encode(batch, boxes[idx].to(batch.device), self.compress_ratio)
             fr_len = 3 * frame_npixels(boxes[idx], H, W, self.compress_ratio)
             cr_len = 3 * box_areas(boxes[idx])
@@ -211,37 +243,20 @@ class CompressedMemory:
             crop_off[pos] = base + torch.cumsum(cr_len, 0) - cr_len
             base += crops.numel()
             chunks += [frame.cpu(), crops.cpu()]
-        if present:
-            self._drop(self._labels == label)
-        start = self._payload.numel()
-        self._payload = torch.cat([self._payload] + chunks)
-        self._frame_off = torch.cat([self._frame_off, start + frame_off])
-        self._crop_off = torch.cat([self._crop_off, start + crop_off])
-        self._boxes = torch.cat([self._boxes, boxes[order].to(torch.int16)])
-        self._labels = torch.cat([self._labels, torch.full((keep,), label, dtype=torch.long)])
-        self._sizes = torch.cat([self._sizes, sel_sizes])
-        self.check_budget()
-        return keep
+        return {"chunks": chunks, "frame_off": frame_off, "crop_off": crop_off}
 
-    @staticmethod
-    def _image_sizes(images) -> torch.Tensor:
-        """Validate candidate images; int64 Tensor(N, 2) of their (H, W)."""
-        if isinstance(images, torch.Tensor):
-            _check_uint8_images(images)
-            sizes = torch.tensor([[images.shape[2], images.shape[3]]], dtype=torch.long).repeat(images.shape[0], 1)
-        elif isinstance(images, (list, tuple)):
-            for i, im in enumerate(images):
-                if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3 or im.dtype != torch.uint8:
-                    raise TypeError(f"images[{i}] must be a uint8 Tensor(3,H,W), got "
-                                    f"{getattr(im, 'shape', type(im))} {getattr(im, 'dtype', '')}")
-            sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.long).view(-1, 2)
-        else:
-            raise TypeError(f"images must be a uint8 Tensor(N,3,H,W) or a list of uint8 Tensor(3,H,W), "
-                            f"got {type(images).__name__}")
-        if sizes.numel() and (int(sizes.max()) > _INT16_MAX or int(sizes.min()) <= 0):
-            raise ValueError(f"image sides must be in [1, {_INT16_MAX}] pixels (int16 boxes), got "
-                             f"{sizes.min().item()}..{sizes.max().item()}")
-        return sizes
+    def _append(self, parts: dict, boxes: torch.Tensor, label: int, sizes: torch.Tensor) -> None:
+        start = self._payload.numel()
+        self._payload = torch.cat([self._payload] + parts["chunks"])
+        self._frame_off = torch.cat([self._frame_off, start + parts["frame_off"]])
+        self._crop_off = torch.cat([self._crop_off, start + parts["crop_off"]])
+        self._boxes = torch.cat([self._boxes, boxes.to(torch.int16)])
+        self._labels = torch.cat([self._labels, torch.full((len(boxes),), label, dtype=torch.long)])
+        self._sizes = torch.cat([self._sizes, sizes])
+
+    def compressed(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """What the memory would replay for uint8 Tensor(B,3,H,W) ``images`` with ``boxes``: uint8 Tensor(B,3,H,W)."""
+        return compress(images, boxes, self.compress_ratio)
 
     def _drop(self, drop: torch.Tensor) -> None:
         """Remove exemplars where bool Tensor(N,) ``drop`` is True and compact the payload."""
@@ -319,12 +334,8 @@ class CompressedMemory:
             raise IndexError(f"exemplar indices must be in [-{n}, {n}), got [{int(idx.min())}, {int(idx.max())}]")
         return idx % max(n, 1)
 
-    def decode(self, indices) -> torch.Tensor:
-        """Decode exemplars of one image size: uint8 Tensor(n, 3, H, W) on the CPU.
-
-        ``indices``: int sequence / Tensor of exemplar positions. Raises ValueError if they have
-        different original sizes (use :meth:`decode_list` then).
-        """
+    def _one_size(self, indices) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(positions, their common (H, W)); ValueError if none or if their sizes differ."""
         idx = self._indices(indices)
         if idx.numel() == 0:
             raise ValueError("decode needs at least one index (the image size is unknown otherwise)")
@@ -332,7 +343,15 @@ class CompressedMemory:
         if bool((sizes != sizes[0]).any()):
             raise ValueError(f"exemplars {idx.tolist()[:8]}... have different image sizes "
                              f"{torch.unique(sizes, dim=0).tolist()}; use decode_list()")
-        H, W = sizes[0].tolist()
+        return idx, tuple(sizes[0].tolist())
+
+    def decode(self, indices) -> torch.Tensor:
+        """Decode exemplars of one image size: uint8 Tensor(n, 3, H, W) on the CPU.
+
+        ``indices``: int sequence / Tensor of exemplar positions. Raises ValueError if they have
+        different original sizes (use :meth:`decode_list` then).
+        """
+        idx, (H, W) = self._one_size(indices)
         boxes = self._boxes[idx].long()
         frame = self._payload[_ranges(self._frame_off[idx], 3 * frame_npixels(boxes, H, W, self.compress_ratio))]
         crops = self._payload[_ranges(self._crop_off[idx], 3 * box_areas(boxes))]
@@ -362,7 +381,8 @@ class CompressedMemory:
     def state_dict(self) -> dict:
         """Plain dict of tensors and numbers (loadable with torch.load(weights_only=True))."""
         return {"version": _STATE_VERSION, "budget_bytes": self.budget_bytes,
-                "compress_ratio": self.compress_ratio, "payload": self._payload.clone(),
+                "compress_ratio": self.compress_ratio, "implicit_boxes": self.implicit_boxes,
+                "payload": self._payload.clone(),
                 "boxes": self._boxes.clone(), "labels": self._labels.clone(), "sizes": self._sizes.clone(),
                 "frame_off": self._frame_off.clone(), "crop_off": self._crop_off.clone()}
 
@@ -372,34 +392,17 @@ class CompressedMemory:
         A version-1 state (full low-res image per exemplar, key ``lowres_off``) is converted to the
         current format: its hole pixels are dropped, decoded images are unchanged.
         """
-        if not isinstance(state, dict) or "version" not in state:
-            raise ValueError("not a CompressedMemory state dict: missing 'version'")
-        version = state["version"]
-        if version not in (1, _STATE_VERSION):
-            raise ValueError(f"unsupported CompressedMemory state version {version!r} (this code reads 1 and "
-                             f"{_STATE_VERSION})")
-        off_key = "lowres_off" if version == 1 else "frame_off"
+        if isinstance(state, dict) and state.get("codec", "raw") != self.codec:
+            raise ValueError(f"a {state.get('codec')!r} memory state cannot be loaded into a {self.codec!r} memory "
+                             "(use cim_plugin.method.memory_kinds.memory_from_state)")
+        version, off_key = check_state(state, self._state_versions, self._state_extra)
         from .memory_v1 import convert_v1, lowres_len_v1  # the old format, needed only to read it
 
-        keys = {"version", "budget_bytes", "compress_ratio", "payload", "boxes", "labels", "sizes",
-                off_key, "crop_off"}
-        if not keys <= set(state):
-            raise ValueError(f"not a CompressedMemory state dict: missing {sorted(keys - set(state))}")
-        spec = {"payload": (torch.uint8, 1), "boxes": (torch.int16, 2), "labels": (torch.long, 1),
-                "sizes": (torch.long, 2), off_key: (torch.long, 1), "crop_off": (torch.long, 1)}
-        for k, (dt, nd) in spec.items():
-            t = state[k]
-            if not isinstance(t, torch.Tensor) or t.dtype != dt or t.dim() != nd:
-                raise ValueError(f"state[{k!r}] must be a {nd}-D {dt} tensor, got {getattr(t, 'dtype', type(t))}")
-        n = state["labels"].numel()
-        if not (state["boxes"].shape == (n, 4) and state["sizes"].shape == (n, 2)
-                and state[off_key].numel() == n and state["crop_off"].numel() == n):
-            raise ValueError("state tensors disagree on the number of exemplars")
-        new = CompressedMemory(state["budget_bytes"], state["compress_ratio"])
+        new = self._empty_from_state(state)
         new._payload, new._boxes = state["payload"].cpu().clone(), state["boxes"].cpu().clone()
         new._labels, new._sizes = state["labels"].cpu().clone(), state["sizes"].cpu().clone()
         new._frame_off, new._crop_off = state[off_key].cpu().clone(), state["crop_off"].cpu().clone()
-        if n:
+        if len(new):
             if int(new._sizes.min()) <= 0 or int(new._sizes.max()) > _INT16_MAX:
                 raise ValueError("state sizes must be positive image sides")
             for (H, W), pos in _size_groups(new._sizes):
@@ -416,26 +419,19 @@ class CompressedMemory:
         self.__dict__.update(new.__dict__)
         self.check_budget()
 
+    _state_versions = (1, _STATE_VERSION)
+    _state_extra: dict = {}
+
+    def _empty_from_state(self, state: dict) -> "CompressedMemory":
+        return CompressedMemory(state["budget_bytes"], state["compress_ratio"], state.get("implicit_boxes", False))
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the memory to one file, atomically (temporary file in the same folder + os.replace)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".cim_memory.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(self.state_dict(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "CompressedMemory":
-        """Read a memory written by :meth:`save`."""
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        mem = cls(0)
-        mem.load_state_dict(state)
-        return mem
+        """Read a memory written by :meth:`save` (a JPEG memory's file gives a JpegMemory)."""
+        from .memory_kinds import memory_from_state  # the codecs' classes import this module
+
+        return memory_from_state(torch.load(os.fspath(path), map_location="cpu", weights_only=True))

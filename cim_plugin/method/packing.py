@@ -6,6 +6,10 @@ from typing import Iterator, Tuple
 
 import torch
 
+from .codec import _check_uint8_images
+
+INT16_MAX = 32767  # boxes are stored as int16
+
 
 def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Concatenation of arange(s, s + l) for each (s, l); int64 1-D, no Python loop."""
@@ -23,3 +27,23 @@ def _size_groups(sizes: torch.Tensor) -> Iterator[Tuple[Tuple[int, int], torch.T
     uniq, inv = torch.unique(sizes, dim=0, return_inverse=True)
     for g, (H, W) in enumerate(uniq.tolist()):
         yield (H, W), (inv == g).nonzero().squeeze(1)
+
+
+def image_sizes(images) -> torch.Tensor:
+    """Validate candidate images; int64 Tensor(N, 2) of their (H, W)."""
+    if isinstance(images, torch.Tensor):
+        _check_uint8_images(images)
+        sizes = torch.tensor([[images.shape[2], images.shape[3]]], dtype=torch.long).repeat(images.shape[0], 1)
+    elif isinstance(images, (list, tuple)):
+        for i, im in enumerate(images):
+            if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3 or im.dtype != torch.uint8:
+                raise TypeError(f"images[{i}] must be a uint8 Tensor(3,H,W), got "
+                                f"{getattr(im, 'shape', type(im))} {getattr(im, 'dtype', '')}")
+        sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.long).view(-1, 2)
+    else:
+        raise TypeError(f"images must be a uint8 Tensor(N,3,H,W) or a list of uint8 Tensor(3,H,W), "
+                        f"got {type(images).__name__}")
+    if sizes.numel() and (int(sizes.max()) > INT16_MAX or int(sizes.min()) <= 0):
+        raise ValueError(f"image sides must be in [1, {INT16_MAX}] pixels (int16 boxes), got "
+                         f"{sizes.min().item()}..{sizes.max().item()}")
+    return sizes

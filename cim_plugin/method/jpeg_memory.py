@@ -1,0 +1,192 @@
+"""JpegMemory: a CompressedMemory whose exemplar parts are JPEG streams (``"exemplar_codec": "jpeg"``).
+
+An exemplar of an H x W image with box B holds
+  * the **crop** (the pixels inside B) as a JPEG of (box_h, box_w), if B is not empty;
+  * the **frame**: the whole low-resolution copy (h, w) = ``lowres_size(H, W, r)`` as a JPEG (its hole,
+    the pixels only decoded pixels inside B read, is kept as it is: filling it with a flat colour made
+    smooth test images both larger and worse around the box); no frame at all when the hole is the
+    whole grid (a whole-image box: mask mode "full", MRDC's uniform compression);
+  * the box, 4 x int16 (not counted when the memory's boxes are implicit, i.e. all whole-image).
+Streams are stored without their tables (:mod:`cim_plugin.method.jpeg`): per exemplar only the
+entropy-coded scans, in ``payload`` at ``frame_off`` / ``crop_off`` with lengths ``frame_len`` /
+``crop_len`` (0: no stream); the header (SOI .. SOS header, the quantisation and Huffman tables) is
+held once per memory. Bytes held = scans + boxes + the header (once, while the memory is not empty).
+Decoding rebuilds each stream (header + the size from the box + scan + EOI), decodes the streams in
+one batch on ``device`` (the GPU when it is a CUDA device) and pastes the crops into the upsampled
+frames, as the raw codec does. What is herded is what is stored: :meth:`JpegMemory.compressed`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from .boxes import box_areas
+from .codec import _check_uint8_images, _paste, downsample, frame_npixels, lowres_size
+from .jpeg import check_quality, decode_streams, encode_streams, join_streams, split_streams, table_header
+from .memory import CompressedMemory, _batch
+from .packing import _ranges, _size_groups
+
+__all__ = ["JpegMemory"]
+
+
+class JpegMemory(CompressedMemory):
+    """Byte-budgeted memory of CIM exemplars whose crop and low-res frame are JPEG streams.
+
+    Args:
+        budget_bytes, compress_ratio, implicit_boxes: as :class:`CompressedMemory`.
+        quality: JPEG quality, int in [1, 100].
+        device: where streams are decoded (and candidates encoded); stored bytes stay on the CPU.
+    """
+
+    codec = "jpeg"
+    _state_versions = (2,)
+    _state_extra = {"frame_len": (torch.long, 1), "crop_len": (torch.long, 1)}
+
+    def __init__(self, budget_bytes: int, compress_ratio: float = 4.0, implicit_boxes: bool = False,
+                 quality: int = 75, device="cpu"):
+        super().__init__(budget_bytes, compress_ratio, implicit_boxes)
+        self.quality = check_quality(quality)
+        self.device = device
+        self._header = table_header(self.quality)
+        self._fr_len = torch.zeros(0, dtype=torch.long)
+        self._cr_len = torch.zeros(0, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        return "JpegMemory" + super().__repr__()[len("CompressedMemory"):-1] + f", quality={self.quality})"
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def shared_nbytes(self) -> int:
+        """Bytes of the JPEG header (tables) held once for all exemplars."""
+        return int(self._header.numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: scans + boxes (unless implicit) + the shared header once (0 when empty)."""
+        return super().nbytes + (self.shared_nbytes if len(self) else 0)
+
+    def _frame_len(self) -> torch.Tensor:
+        return self._fr_len.clone()
+
+    def _crop_len(self) -> torch.Tensor:
+        return self._cr_len.clone()
+
+    # -- encoding ----------------------------------------------------------------------------
+    def _encode_parts(self, images: torch.Tensor, boxes: torch.Tensor
+                      ) -> Tuple[List[Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
+        """Full JPEG streams (frame, crop) of uint8 Tensor(B,3,H,W) with boxes (B,4); None: no stream."""
+        _check_uint8_images(images)
+        H, W = images.shape[-2:]
+        boxes = boxes.long().cpu()
+        images = images.to(self.device)
+        frames: List[Optional[torch.Tensor]] = [None] * len(images)
+        crops: List[Optional[torch.Tensor]] = [None] * len(images)
+        has_frame = (frame_npixels(boxes, H, W, self.compress_ratio) > 0).nonzero().squeeze(1)
+        if has_frame.numel():
+            low = downsample(images[has_frame.to(images.device)], self.compress_ratio)
+            for i, s in zip(has_frame.tolist(), encode_streams(list(low), self.quality)):
+                frames[i] = s
+        has_crop = (box_areas(boxes) > 0).nonzero().squeeze(1).tolist()
+        parts = [images[i, :, boxes[i, 1]:boxes[i, 3], boxes[i, 0]:boxes[i, 2]] for i in has_crop]
+        for i, s in zip(has_crop, encode_streams(parts, self.quality)):
+            crops[i] = s
+        return frames, crops
+
+    def _decode_parts(self, frames, crops, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Images uint8 Tensor(B,3,H,W) on ``device`` from full streams (None: no stream) and boxes (B,4)."""
+        H, W = size
+        h, w = lowres_size(H, W, self.compress_ratio)
+        boxes = boxes.long().cpu()
+        low = torch.zeros(len(boxes), 3, h, w, dtype=torch.uint8, device=self.device)
+        with_frame = [i for i, s in enumerate(frames) if s is not None]
+        if with_frame:
+            low[with_frame] = torch.stack(decode_streams([frames[i] for i in with_frame], self.device))
+        with_crop = [i for i, s in enumerate(crops) if s is not None]
+        flat = [c.permute(1, 2, 0).reshape(-1) for c in decode_streams([crops[i] for i in with_crop], self.device)]
+        crop_bytes = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.uint8, device=low.device)
+        return _paste(low, crop_bytes, boxes.to(low.device), (H, W))
+
+    def compressed(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """What the memory would replay for uint8 Tensor(B,3,H,W) with boxes (B,4): uint8 Tensor(B,3,H,W), CPU."""
+        return self._decode_parts(*self._encode_parts(images, boxes), boxes, tuple(images.shape[-2:])).cpu()
+
+    def _candidates(self, images, boxes: torch.Tensor, sizes: torch.Tensor):
+        """Encode every candidate (one batch per size): its real cost, and its scans for :meth:`_encode_kept`."""
+        super()._candidates(images, boxes, sizes)  # checks implicit boxes
+        n = sizes.shape[0]
+        fr_scans: List[torch.Tensor] = [torch.zeros(0, dtype=torch.uint8)] * n
+        cr_scans = list(fr_scans)
+        for _, pos in _size_groups(sizes):
+            frames, crops = self._encode_parts(_batch(images, pos), boxes[pos])
+            for streams, scans in ((frames, fr_scans), (crops, cr_scans)):
+                have = [k for k, s in enumerate(streams) if s is not None]
+                for k, scan in zip(have, split_streams([streams[k] for k in have], self._header)):
+                    scans[int(pos[k])] = scan
+        fr_len = torch.tensor([s.numel() for s in fr_scans], dtype=torch.long)
+        cr_len = torch.tensor([s.numel() for s in cr_scans], dtype=torch.long)
+        return fr_len + cr_len + self._box_nbytes(), (fr_scans, cr_scans, fr_len, cr_len)
+
+    def _encode_kept(self, images, boxes, order, sizes, encoded) -> dict:
+        fr_scans, cr_scans, fr_len, cr_len = encoded
+        idx = order.tolist()
+        chunks = [fr_scans[i] for i in idx] + [cr_scans[i] for i in idx]
+        fl, cl = fr_len[order], cr_len[order]
+        frame_off = torch.cumsum(fl, 0) - fl
+        crop_off = int(fl.sum()) + torch.cumsum(cl, 0) - cl
+        return {"chunks": chunks, "frame_off": frame_off, "crop_off": crop_off, "frame_len": fl, "crop_len": cl}
+
+    def _append(self, parts: dict, boxes, label, sizes) -> None:
+        super()._append(parts, boxes, label, sizes)
+        self._fr_len = torch.cat([self._fr_len, parts["frame_len"]])
+        self._cr_len = torch.cat([self._cr_len, parts["crop_len"]])
+
+    def _drop(self, drop: torch.Tensor) -> None:
+        fr_len, cr_len = self._fr_len[~drop], self._cr_len[~drop]
+        super()._drop(drop)
+        self._fr_len, self._cr_len = fr_len, cr_len
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _streams(self, idx: torch.Tensor, off: torch.Tensor, length: torch.Tensor, sizes
+                 ) -> List[Optional[torch.Tensor]]:
+        """Full streams of exemplars ``idx`` (None where the length is 0)."""
+        out: List[Optional[torch.Tensor]] = [None] * idx.numel()
+        have = (length[idx] > 0).nonzero().squeeze(1)
+        if have.numel():
+            sel = idx[have]
+            flat = self._payload[_ranges(off[sel], length[sel])]
+            scans = flat.split(length[sel].tolist())
+            for k, s in zip(have.tolist(), join_streams(self._header, scans, [sizes[k] for k in have.tolist()])):
+                out[k] = s
+        return out
+
+    def decode(self, indices) -> torch.Tensor:
+        """Decode exemplars of one image size: uint8 Tensor(n, 3, H, W) on the CPU (decoded on ``device``)."""
+        idx, (H, W) = self._one_size(indices)
+        boxes = self._boxes[idx].long()
+        low = [lowres_size(H, W, self.compress_ratio)] * idx.numel()
+        box_hw = torch.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], 1).tolist()
+        frames = self._streams(idx, self._frame_off, self._fr_len, low)
+        crops = self._streams(idx, self._crop_off, self._cr_len, [tuple(s) for s in box_hw])
+        return self._decode_parts(frames, crops, boxes, (H, W)).cpu()
+
+    # -- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.update({"codec": self.codec, "quality": self.quality, "header": self._header.clone(),
+                      "frame_len": self._fr_len.clone(), "crop_len": self._cr_len.clone()})
+        return state
+
+    def _empty_from_state(self, state: dict) -> "JpegMemory":
+        new = JpegMemory(state["budget_bytes"], state["compress_ratio"], state.get("implicit_boxes", False),
+                         quality=state.get("quality", 75), device=getattr(self, "device", "cpu"))
+        header = state.get("header")
+        if not isinstance(header, torch.Tensor) or header.dtype != torch.uint8 or header.dim() != 1:
+            raise ValueError("a jpeg memory state needs 'header', a 1-D uint8 tensor")
+        join_streams(header, [], [])  # parses it: ValueError if it is not a JPEG header
+        new._header = header.cpu().clone()
+        new._fr_len, new._cr_len = state["frame_len"].cpu().clone(), state["crop_len"].cpu().clone()
+        if len(new._fr_len) and int(torch.minimum(new._fr_len, new._cr_len).min()) < 0:
+            raise ValueError("state stream lengths must be >= 0")
+        return new

@@ -1,0 +1,42 @@
+"""Which memory a configuration asks for (``exemplar_codec``, ``jpeg_quality``, ``cim_mask``) and which
+one a saved state holds."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Union
+
+import torch
+
+from .jpeg_memory import JpegMemory
+from .memory import CompressedMemory
+
+__all__ = ["make_memory", "memory_from_state", "load_memory"]
+
+
+def make_memory(budget_bytes: int, config: Mapping[str, Any], device="cpu") -> CompressedMemory:
+    """An empty memory for CIM keys ``config`` (compress_ratio, exemplar_codec, jpeg_quality, cim_mask).
+
+    Mask mode "full" stores whole-image boxes only, so its boxes are implicit (not counted)."""
+    ratio = config.get("compress_ratio", 4.0)
+    implicit = config.get("cim_mask") == "full"
+    codec = config.get("exemplar_codec", "raw")
+    if codec == "raw":
+        return CompressedMemory(budget_bytes, ratio, implicit_boxes=implicit)
+    if codec == "jpeg":
+        return JpegMemory(budget_bytes, ratio, implicit_boxes=implicit, quality=config.get("jpeg_quality", 75),
+                          device=device)
+    raise ValueError(f"unknown exemplar codec {codec!r} (expected 'raw' or 'jpeg')")
+
+
+def memory_from_state(state: Mapping[str, Any], device="cpu") -> CompressedMemory:
+    """The memory a :meth:`CompressedMemory.state_dict` (of any codec) describes."""
+    codec = state.get("codec", "raw") if isinstance(state, Mapping) else "raw"
+    memory = JpegMemory(0, device=device) if codec == "jpeg" else CompressedMemory(0)
+    memory.load_state_dict(dict(state))
+    return memory
+
+
+def load_memory(path: Union[str, os.PathLike], device="cpu") -> CompressedMemory:
+    """Read a memory file written by :meth:`CompressedMemory.save`, whatever its codec."""
+    return memory_from_state(torch.load(os.fspath(path), map_location="cpu", weights_only=True), device)
