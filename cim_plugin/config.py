@@ -131,9 +131,9 @@ def validate_cim_keys(config: Dict[str, Any]) -> None:
         raise ConfigError(f'"exemplar_codec" must be one of {list(EXEMPLAR_CODECS)} ("raw": uint8 pixels, "jpeg": '
                           f'JPEG streams of the box crop and the low-resolution frame), got {config["exemplar_codec"]!r}')
     quality = config["jpeg_quality"]
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+    if quality != "auto" and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
         raise ConfigError(f'"jpeg_quality" must be an integer in [1, 100] (libjpeg quality; 75 is a usual '
-                          f'choice), got {quality!r}')
+                          f'choice) or "auto" (MRDC\'s choice on the first phase\'s model), got {quality!r}')
 
 
 def validate_run_keys(config: Dict[str, Any]) -> None:

@@ -369,3 +369,59 @@ def test_the_benchmark_command_takes_codecs():
     assert args.codecs == ["raw", "jpeg"] and args.mask_modes == ["cim", "full"]
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["c.json", "--codecs", "png"])
+
+
+# ------------------------------------------------------------------------------------ "auto" quality
+def test_log_volume_measures_the_spread_of_the_features():
+    from cim_plugin.method.jpeg_auto import log_volume
+
+    assert log_volume(torch.eye(4) * 3) == pytest.approx(0.0, abs=1e-3)  # orthogonal rows: the largest volume
+    spread = log_volume(torch.eye(4) + 0.5)
+    assert log_volume(torch.ones(4, 4) + 0.01 * torch.eye(4)) < spread < 0  # near-equal rows: almost no volume
+
+
+def _pixel_features(images, labels):
+    """A "model" that sees 8x8 pixels: JPEG's losses show up in its features."""
+    return torch.nn.functional.adaptive_avg_pool2d(images.double(), 8).flatten(1) - 128
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.05, 0.2, 1e9, -1e9])
+def test_auto_quality_takes_the_lowest_quality_within_the_tolerance(tolerance):
+    from cim_plugin.method.jpeg_auto import choose_quality
+
+    images = _smooth(12, size=32)
+    classes = [(c, images[6 * c:6 * c + 6], _boxes(6, seed=c)) for c in range(2)]
+    grid = (10, 30, 60, 90)
+    out = choose_quality(classes, 2500, 2, {"compress_ratio": 4.0, "cim_mask": "cam"}, _pixel_features,
+                         grid=grid, tolerance=tolerance)
+    assert sorted(out["scores"]) == sorted(out["reference"]) == list(grid)
+    ok = [q for q in grid if abs(out["scores"][q] - out["reference"][q]) <= tolerance * abs(out["reference"][q])]
+    assert out["quality"] == (ok[0] if ok else 90)
+    if tolerance == 1e9:
+        assert out["quality"] == 10
+    if tolerance == -1e9:
+        assert out["quality"] == 90
+    assert out["exemplars"][10] >= out["exemplars"][90]  # lower quality, more exemplars in the same shares
+    if tolerance == 0.05:  # JPEG q10 spreads these features far more than q90 does: q90 is the one close enough
+        assert out["quality"] == 90
+
+
+def test_auto_is_a_valid_quality_and_other_words_are_not():
+    validate_cim_keys(with_defaults({"exemplar_codec": "jpeg", "jpeg_quality": "auto"}))
+    with pytest.raises(ConfigError, match='or "auto"'):
+        validate_cim_keys(with_defaults({"exemplar_codec": "jpeg", "jpeg_quality": "best"}))
+
+
+@requires_pycil
+def test_icarl_with_auto_quality_chooses_once_and_logs_the_scores(tmp_path):
+    from cim_plugin.method.jpeg_auto import QUALITY_GRID
+
+    results, seen = _run(tmp_path, "auto", cim=True, cim_mask="cam", exemplar_codec="jpeg", jpeg_quality="auto",
+                         memory_size=10)
+    first, last = results["phases"]
+    auto = first["jpeg_auto"]
+    assert auto["quality"] in QUALITY_GRID and sorted(map(int, auto["scores"])) == list(QUALITY_GRID)
+    assert first["jpeg_quality"] == last["jpeg_quality"] == auto["quality"]  # chosen on phase 0, kept
+    assert seen[0][0] is seen[1][0] and seen[1][0].quality == auto["quality"]
+    assert all(nbytes <= budget for _, nbytes, budget in seen)
+    assert "jpeg_quality auto" in (tmp_path / "auto" / "run.log").read_text()

@@ -33,7 +33,9 @@ from .data import CompressAugmentDataset, ExemplarDataset, _Concat
 from .network import cam_of_output, copy_block, default_logits, default_to_input, evaluating, is_fast_weight
 from .herding import herding_order
 from .memory import CompressedMemory
+from .jpeg_auto import choose_quality
 from .memory_kinds import make_memory, memory_from_state
+from .records import class_means, exemplar_record
 from .rng import random_streams_untouched
 from .timing import timed
 
@@ -176,6 +178,8 @@ class CIM:
                 return self._build_memory(network, classes)
 
     def _build_memory(self, network: nn.Module, classes) -> np.ndarray:
+        if self.memory is None and (self.config.get("exemplar_codec"), self.config["jpeg_quality"]) == ("jpeg", "auto"):
+            classes = self._choose_quality(network, list(classes))
         for k, (label, images, source) in enumerate(classes):
             if self.memory is None:
                 self.image_bytes = 3 * int(images.shape[-2]) * int(images.shape[-1])
@@ -205,19 +209,20 @@ class CIM:
             self.sources[label] = self.sources[label][: counts.get(label, 0)]
         return self._class_means(network)
 
+    def _choose_quality(self, network: nn.Module, classes: List) -> List:
+        """"jpeg_quality": "auto": MRDC's choice on the first phase's model (:mod:`.jpeg_auto`), then the memory."""
+        self.image_bytes = 3 * int(classes[0][1].shape[-2]) * int(classes[0][1].shape[-1])
+        boxed = [(c, im, self._features_and_boxes(network, im, torch.full((len(im),), c), False)[1])
+                 for c, im, _ in classes]
+        self.jpeg_auto = choose_quality(boxed, self.class_budget_bytes(), self.total, self.config,
+                                        lambda x, y: self._forward_chunks(network, x, y)[0])
+        config = {**self.config, "jpeg_quality": self.jpeg_auto["quality"]}
+        self.memory = make_memory(self.budget_bytes(), config, self.device)
+        return classes
+
     def _class_means(self, network: nn.Module) -> np.ndarray:
         """L2-normalised class means (total_classes, D) of decoded exemplars (float64; zeros for none)."""
-        means, labels = None, self.memory.labels
-        for class_idx in range(self.total):
-            idx = (labels == class_idx).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            features, _ = self._forward_chunks(network, self.memory.decode(idx), labels[idx])
-            if means is None:
-                means = np.zeros((self.total, features.shape[1]))
-            mean = F.normalize(features.double(), dim=1).mean(0)
-            means[class_idx] = (mean / mean.norm()).numpy()
-        return means if means is not None else np.zeros((self.total, 0))
+        return class_means(self.memory, self.total, lambda x, y: self._forward_chunks(network, x, y)[0])
 
     def _forward_chunks(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 256):
         """Features (N, D) and the network's CAMs (N, H, W) for stored uint8 images, without grad."""
@@ -239,7 +244,8 @@ class CIM:
         mode = self.config["cim_mask"]
         if mode == "full":  # whole-image boxes, no CAM: the baseline's images (raw) or MRDC (jpeg)
             self.last_cams, box = None, torch.tensor([[0, 0, images.shape[-1], images.shape[-2]]])
-            return (self._forward_chunks(network, images, labels)[0] if need_features else None), box.repeat(len(images), 1)
+            features = self._forward_chunks(network, images, labels)[0] if need_features else None
+            return features, box.repeat(len(images), 1)
         learned = None
         if mode == "cim" and self.branch is not None:
             learned = self._branch_cams(network, images, labels)
@@ -389,25 +395,12 @@ class CIM:
             "cim_mask": self.config["cim_mask"], "exemplar_codec": memory.codec, "meta_steps": len(self.meta_log),
             "mask_mean": float(np.mean([m["mask_mean"] for m in self.meta_log])) if self.meta_log else None,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "calls": dict(self.calls),
+            "jpeg_quality": getattr(memory, "quality", None), "jpeg_auto": getattr(self, "jpeg_auto", None),
         }
 
     def exemplar_record(self) -> Dict[str, Any]:
         """Where each exemplar came from: labels, source index, box, and the CAMs kept for figures."""
-        memory = self.memory
-        labels = memory.labels
-        source = torch.full((len(memory),), -1, dtype=torch.long)
-        cam_index, cams = [], []
-        for label, src in self.sources.items():
-            pos = (labels == label).nonzero().squeeze(1)[: len(src)]
-            source[pos] = src[: len(pos)]
-            kept = self.cams.get(label)
-            if kept is not None:
-                k = min(len(kept), len(pos))
-                cam_index.append(pos[:k])
-                cams.append(kept[:k])
-        return {"labels": labels.clone(), "source_index": source, "boxes": memory.boxes.long().clone(),
-                "cam_index": torch.cat(cam_index) if cam_index else torch.zeros(0, dtype=torch.long),
-                "cams": torch.cat(cams) if cams else None}
+        return exemplar_record(self.memory, self.sources, self.cams)
 
     def state_dict(self) -> Dict[str, Any]:
         """What carries over between phases, as tensors, numbers and dicts (``torch.save``-able)."""
@@ -423,9 +416,7 @@ class CIM:
         self.config, self.seed = dict(state["config"]), int(state["seed"])
         self.generator = torch.Generator()
         self.generator.set_state(state["generator"])
-        self.memory = None
-        if state["memory"] is not None:
-            self.memory = memory_from_state(state["memory"], self.device)
+        self.memory = None if state["memory"] is None else memory_from_state(state["memory"], self.device)
         self.image_bytes, self.task, self.branch_task = state["image_bytes"], state["task"], state["branch_task"]
         self.branch = None
         if state["branch"] is not None:
