@@ -168,3 +168,12 @@ def test_lucir_configs_are_the_papers_protocol():
         assert config["model_name"] == "lucir" and config.get("cim", False) == cim
         assert (config["init_cls"], config["increment"], config["memory_per_class"]) == (50, 10, 20)
         assert (config["lambda_base"], config["mr_margin"], config["mr_k"]) == (5.0, 0.5, 2)
+
+
+@requires_pycil
+def test_a_lucir_key_of_the_wrong_type_is_refused_by_name():
+    from cim_plugin.config import ConfigError
+    from cim_plugin.pycil.runner import prepare
+
+    with pytest.raises(ConfigError, match='"mr_k" overrides the constant mr_k of the plug-in\'s cim_plugin.pycil.lucir'):
+        prepare(tiny_config(model_name="lucir", mr_k="two"))

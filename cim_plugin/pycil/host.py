@@ -155,6 +155,12 @@ def _matches(default, value) -> bool:
     return isinstance(value, list) and all(_is_number(v) for v in value)
 
 
+def owner(module) -> str:
+    """How an error names a learner module: "PyCIL's models.icarl" or "the plug-in's cim_plugin.pycil.lucir"."""
+    who = "the plug-in's" if module.__name__.startswith("cim_plugin.") else "PyCIL's"
+    return f"{who} {module.__name__}"
+
+
 def check_constant_overrides(config: Dict[str, Any], modules) -> None:
     """ConfigError unless every top-level key overriding a module constant of ``modules`` has its type.
 
@@ -168,7 +174,7 @@ def check_constant_overrides(config: Dict[str, Any], modules) -> None:
                 continue
             value, example = config[key], json.dumps(list(default) if isinstance(default, tuple) else default)
             raise ConfigError(
-                f'"{key}" overrides the constant {key} of PyCIL\'s {module.__name__}, which is {_kind(default)}; '
+                f'"{key}" overrides the constant {key} of {owner(module)}, which is {_kind(default)}; '
                 f"got {value!r} ({type(value).__name__}). Give {_kind(default)}, e.g. \"{key}\": {example} "
                 f"(its default)")
 
