@@ -461,12 +461,23 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
     def interrupting_echo(line, calls=[0]):
         calls[0] += 1
         if calls[0] == 2:  # both workers are starting a run: Ctrl-C while the main thread waits
-            threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            # delivered to the timer's thread, not the main one: the worst case of a process-wide Ctrl-C,
+            # which the kernel may hand to any thread; the main thread must still notice it promptly
+            threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
 
     monkeypatch.setattr(bench_runs, "_STOP", threading.Event())
+    # Python runs a signal's handler at the main thread's next bytecode; if a garbage collection of an
+    # earlier test's objects ran a __del__ just then, the KeyboardInterrupt would be raised (and swallowed)
+    # inside that __del__ rather than in execute_runs. Collect first and keep the collector off meanwhile.
+    import gc
+    gc.collect()
+    gc.disable()
     start = _time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        bench_runs.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bench_runs.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
+    finally:
+        gc.enable()
     assert _time.perf_counter() - start < 30, "the interrupt waited for the runs to end"
     assert len(started) == 2
     assert all(p.poll() is not None for p in started), "a run was left running"

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -373,8 +373,11 @@ def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpe
         return failed
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        for future in [pool.submit(one, k, spec) for k, spec in enumerate(runs, 1)]:
-            future.result()
+        pending = {pool.submit(one, k, spec) for k, spec in enumerate(runs, 1)}
+        while pending:  # wake every 0.2 s: a Ctrl-C that the kernel handed to a worker thread still lands here
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()
     except BaseException:  # Ctrl-C / SIGTERM reach this thread only: cancel the queue, stop the runs in flight
         pool.shutdown(wait=False, cancel_futures=True)
         stop_live_runs()
