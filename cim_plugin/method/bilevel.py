@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -110,7 +110,8 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
               mask_fn: Callable, logits_fn: Callable, inner_loss_fn: Optional[Callable] = None,
               fast_weight_filter: Optional[Callable[[str], bool]] = None,
               lr: float, lr_ratio: float, div_coef: float, reg_coef: float,
-              max_phi_grad_norm: Optional[float], train_mode: bool = False) -> Dict[str, float]:
+              max_phi_grad_norm: Optional[float], train_mode: bool = False,
+              grad_reduce: Optional[Callable[[List[torch.Tensor]], None]] = None) -> Dict[str, float]:
     """One CIM meta iteration; updates φ (the branch's PAUs) only.
 
     Args:
@@ -132,6 +133,9 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         max_phi_grad_norm: clip norm for φ's gradient (None or inf: no clipping).
         train_mode: mode of the network (and branch) during the step. False (default, as the official code)
             uses BN running statistics; True uses batch statistics (buffers are still left untouched).
+        grad_reduce: data parallelism (``Replicas.average``): replaces φ's gradients (list of tensors, in
+            place) by their mean over the replicas, before the clip and the step. A replica whose objective is
+            not finite sends NaN gradients, so every replica skips that step together.
     Returns:
         dict of floats: ``outer`` (full outer objective), ``outer_ce``, ``inner``, ``inner_lr`` (the inner step
             size ``lr * lr_ratio``), ``fast_weights`` (number of parameter tensors updated), ``div``, ``reg``
@@ -218,6 +222,11 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         phi_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(phi, phi_grads):
             p.grad = torch.zeros_like(p) if g is None else g.detach()
+        if grad_reduce is not None:
+            if not bool(torch.isfinite(outer.detach())):
+                for p in phi:
+                    p.grad.fill_(float("nan"))
+            grad_reduce([p.grad for p in phi])
         grad_norm = torch.nn.utils.clip_grad_norm_(phi, max_norm)
         skipped = not (bool(torch.isfinite(outer.detach())) and bool(torch.isfinite(grad_norm)))
         if skipped:  # a non-finite objective or gradient never reaches φ (one NaN would poison every PAU)

@@ -82,6 +82,7 @@ class CIM:
         self.sources: Dict[int, torch.Tensor] = {}  # class -> source indices of its exemplars, memory order
         self.cams: Dict[int, torch.Tensor] = {}  # class -> CAMs of its first exemplars (for figures)
         self.last_cams: Optional[torch.Tensor] = None
+        self.replica = None  # a replicas.Replicas under data parallelism: meta batches shared, φ's grads averaged
         self.start_phase(-1, 0, 0, 0)
 
     # -- phases ------------------------------------------------------------------------------
@@ -340,7 +341,11 @@ class CIM:
                 half = len(pick) // 2
                 if half == 0:
                     return
-                x, y = self._meta_batch(source, pick[: 2 * half])
+                inner, outer = pick[:half], pick[half : 2 * half]
+                if self.replica is not None:  # this replica's share of both halves
+                    inner, outer = self.replica.share(inner), self.replica.share(outer)
+                chosen, half = torch.cat([inner, outer]), len(inner)
+                x, y = self._meta_batch(source, chosen)
                 x_in, x_out = x[:half], x[half:]
                 branch = self._ensure_branch(network, x_in)
                 for group in self.phi_optimizer.param_groups:  # φ follows the host's lr schedule
@@ -353,8 +358,9 @@ class CIM:
                     fast_weight_filter=self.fast_weight_filter,
                     lr=lr, lr_ratio=cfg["lr_ratio"], div_coef=cfg["div_coef"], reg_coef=cfg["reg_coef"],
                     max_phi_grad_norm=cfg["max_phi_grad_norm"],
+                    grad_reduce=None if self.replica is None else self.replica.average,
                 )
-                stats["memory_items"] = float((pick[: 2 * half] >= len(dataset.base)).sum())
+                stats["memory_items"] = float((chosen >= len(dataset.base)).sum())
                 self.meta_log.append(stats)
 
     def _branch_cams(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -429,7 +435,7 @@ class CIM:
     def __getstate__(self) -> Dict[str, Any]:
         """Pickles (checkpoints) keep everything but the host's callables and this phase's datasets."""
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in HOST_CALLABLES + ("train_new", "train_memory", "meta_source")}
+                 if k not in HOST_CALLABLES + ("train_new", "train_memory", "meta_source", "replica")}
         state["generator"] = self.generator.get_state()
         return state
 
@@ -437,5 +443,5 @@ class CIM:
         self.__dict__.update(state)
         self.generator = torch.Generator()
         self.generator.set_state(state["generator"])
-        for key in HOST_CALLABLES + ("train_new", "train_memory", "meta_source"):
+        for key in HOST_CALLABLES + ("train_new", "train_memory", "meta_source", "replica"):
             self.__dict__.setdefault(key, default_logits if key == "logits_fn" else None)

@@ -22,7 +22,8 @@ CHECKPOINT = "checkpoint.pt"
 
 # Attributes a learner rebuilds itself (loaders, datasets, data managers) are not saved.
 _SKIP_TYPE_NAMES = {"DataLoader", "DataManager", "DataManagerProxy", "ImagePipeline", "CompressAugmentDataset",
-                    "DummyDataset", "ConcatDataset", "_Concat", "ExemplarDataset", "_EpochHookLoader"}
+                    "DummyDataset", "ConcatDataset", "_Concat", "ExemplarDataset", "_EpochHookLoader",
+                    "EpochShardedLoader"}
 
 
 class _GeneratorState:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..config import ConfigError, load_config
+from . import distributed
 from .host import PyCILMissing
 
 
@@ -40,8 +41,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         paths = run_config(config, out_dir=args.out, config_path=Path(path), resume=args.resume,
                            overwrite=args.overwrite)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if distributed.speaks():  # under torchrun every process stops with the same message: one prints it
+            print(f"error: {err}", file=sys.stderr)
+        distributed.shutdown()
         return 2
-    for p in paths:
+    except Exception as err:
+        if distributed.launched():  # which process stopped, why, and what is safe on disk; then the traceback
+            print(distributed.failure_message(err), file=sys.stderr, flush=True)
+        raise
+    distributed.shutdown()
+    for p in paths if distributed.speaks() else ():
         print(f"results: {p}")
     return 0

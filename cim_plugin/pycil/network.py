@@ -11,7 +11,9 @@ from torch.nn import functional as F
 
 
 def unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, nn.DataParallel) else network
+    """The network inside PyCIL's nn.DataParallel or the torchrun DistributedDataParallel wrapper."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return network.module if isinstance(network, wrappers) else network
 
 
 def classifier_weight(fc: nn.Module) -> torch.Tensor:

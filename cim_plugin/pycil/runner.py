@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, distributed
 from ..bench import metrics
 from ..config import (
     CIM_DEFAULTS,
@@ -82,6 +82,7 @@ def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
         log.warning(message)
         print(f"warning: {message}", file=sys.stderr)
     config["_devices"] = resolve_devices(config["device"])
+    distributed.setup(config)  # under torchrun: join the process group, one device per process
     return config
 
 
@@ -182,8 +183,10 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
     artifacts of CIM runs, and checkpoint.pt (everything needed to go on). With `resume`, a run
     continues after the last finished phase of out_dir/checkpoint.pt with identical numbers.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handlers = _configure_logging(out_dir)
+    ddp = distributed.current()  # one process, or this one's place under torchrun (process 0 writes)
+    if ddp.is_writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    handlers = _configure_logging(out_dir) if ddp.is_writer else []
     trainer = import_pycil()
     try:
         idata = load_dataset(config)
@@ -192,7 +195,8 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
         args["device"] = list(config["_devices"])
         if idata is not None:
             args["_image_size"] = idata.image_size
-        with patched(args, idata_hook=(lambda name: idata) if idata is not None else None):
+        with patched(args, idata_hook=(lambda name: idata) if idata is not None else None), \
+                ddp.patched(args["model_name"]):
             args.pop("_image_size", None)
             from utils.data_manager import DataManager
             from utils.toolkit import count_parameters
@@ -214,8 +218,9 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
             rows: List[List[Optional[float]]] = []
             first_task = 0
             ckpt_path = out_dir / checkpoint.CHECKPOINT
-            if resume and ckpt_path.exists():
-                saved = checkpoint.load(ckpt_path)
+            saved = ddp.from_writer(lambda: checkpoint.load(ckpt_path) if ckpt_path.exists() else None) \
+                if resume else None
+            if saved is not None:
                 differing = _config_differences(saved["results"]["config"], results["config"])
                 if differing:
                     raise ConfigError(
@@ -227,6 +232,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 first_task = saved["phase"] + 1
                 checkpoint.restore_rng(saved["rng"])
                 logging.info("resuming %s after phase %d", out_dir, saved["phase"])
+            ddp.attach(learner, args)
             capture = _EvalCapture(learner)
             timer = _TrainTimer(learner)
             task_ends = list(np.cumsum(data_manager._increments))
@@ -251,12 +257,14 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 results["phases"].append(phase)
                 _summarise(results, rows)
                 results["finished"] = task == data_manager.nb_tasks - 1
-                _write_artifacts(out_dir, learner, data_manager, y_pred, y_true)
-                checkpoint.save(ckpt_path, {
-                    "phase": task, "learner": checkpoint.learner_state(learner), "rng": checkpoint.rng_state(),
-                    "results": results, "rows": rows,
-                })
-                write_json(out_dir / "results.json", results)
+                if ddp.is_writer:
+                    _write_artifacts(out_dir, learner, data_manager, y_pred, y_true)
+                    checkpoint.save(ckpt_path, {
+                        "phase": task, "learner": checkpoint.learner_state(learner), "rng": checkpoint.rng_state(),
+                        "results": results, "rows": rows,
+                    })
+                    write_json(out_dir / "results.json", results)
+                ddp.barrier()
                 _log_phase(phase)
                 if on_phase is not None:
                     on_phase(learner, data_manager, results)
@@ -361,21 +369,30 @@ def run_config(config: Dict[str, Any], out_dir: Optional[Path] = None, config_pa
     checkpoint; a finished run is left as it is) or `overwrite`.
     """
     config = prepare(config)
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, config_path)
+    ddp = distributed.current()  # under torchrun, process 0 decides about the output folder for all
+    out_dir = Path(out_dir) if out_dir is not None else ddp.from_writer(lambda: default_out_dir(config, config_path))
     seeds = config["seed"]
     paths = []
     for seed in seeds:
         target = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        existing = target / "results.json"
-        if existing.exists() and not (resume or overwrite):
-            raise ConfigError(f"{target} already holds a run; pass --resume to continue it, --overwrite to "
-                              f"replace it, or choose another --out folder")
-        if resume and existing.exists() and json.loads(existing.read_text()).get("finished"):
-            logging.getLogger("cim_plugin").info("%s is finished; nothing to resume", target)
-            paths.append(existing)
+        if ddp.from_writer(lambda: _finished_or_cleared(target, resume, overwrite)):
+            paths.append(target / "results.json")
             continue
-        if overwrite and not resume:
-            for name in ("results.json", checkpoint.CHECKPOINT):
-                (target / name).unlink(missing_ok=True)
         paths.append(run_seed(config, seed, target, resume=resume))
     return paths
+
+
+def _finished_or_cleared(target: Path, resume: bool, overwrite: bool) -> bool:
+    """True when `target` holds a finished run to resume (nothing to do); else prepares it: ConfigError for a
+    run there without --resume or --overwrite, and with --overwrite its results and checkpoint removed."""
+    existing = target / "results.json"
+    if existing.exists() and not (resume or overwrite):
+        raise ConfigError(f"{target} already holds a run; pass --resume to continue it, --overwrite to "
+                          f"replace it, or choose another --out folder")
+    if resume and existing.exists() and json.loads(existing.read_text()).get("finished"):
+        logging.getLogger("cim_plugin").info("%s is finished; nothing to resume", target)
+        return True
+    if overwrite and not resume:
+        for name in ("results.json", checkpoint.CHECKPOINT):
+            (target / name).unlink(missing_ok=True)
+    return False
