@@ -164,3 +164,52 @@ def test_budget_check_skips_learners_without_memory():
     from cim_plugin.pycil.runner import check_budget_fits
 
     check_budget_fits(_base(memory_size=0), object(), _data_manager())
+
+
+@pytest.mark.parametrize("memory_size,fits", [(15, True), (14, False)])
+def test_budget_check_prices_a_full_mask_as_a_whole_image(memory_size, fits):
+    """"cim_mask": "full" keeps whole images (boxes implicit): one exemplar per class needs a full image's
+    3072 B, as the baseline does, not the 776 B of a low-resolution frame."""
+    from cim_plugin.pycil.runner import check_budget_fits
+
+    config = _base(memory_size=memory_size, cim=True, cim_mask="full")
+    if fits:
+        check_budget_fits(config, _MemoryLearner(), _data_manager())
+        return
+    with pytest.raises(ConfigError, match='smallest possible exemplar, the whole 32x32 image.*"memory_size" to at least 15'):
+        check_budget_fits(config, _MemoryLearner(), _data_manager())
+
+
+@pytest.mark.parametrize("mask", ["cim", "full"])
+def test_budget_check_prices_jpeg_exemplars_by_their_encoded_bytes_and_the_shared_tables(mask):
+    """With "exemplar_codec": "jpeg" the smallest memory_size the check accepts is the one where a class's
+    share, less its part of the tables held once, holds one encoded exemplar: the memory itself then
+    keeps one exemplar per class at that size and cannot at one less."""
+    import torch
+
+    from cim_plugin.method.memory_kinds import make_memory
+    from cim_plugin.pycil.runner import check_budget_fits
+
+    def fits(size):
+        try:
+            check_budget_fits(_base(memory_size=size, cim=True, cim_mask=mask, exemplar_codec="jpeg",
+                                    jpeg_quality=75), _MemoryLearner(), _data_manager())
+            return True
+        except ConfigError as err:
+            assert "as JPEG at quality 75" in str(err)
+            return False
+
+    smallest = next(size for size in range(1, 16) if fits(size))
+    assert smallest < 5  # below the raw CIM minimum (test above): the codec's real bytes are used
+    image = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    box = torch.tensor([[0, 0, 32, 32] if mask == "full" else [0, 0, 0, 0]])
+    for size, ok in ((smallest, True), (smallest - 1, False)):
+        if size < 1:
+            continue
+        memory = make_memory(size * 3072, {"cim_mask": mask, "exemplar_codec": "jpeg", "jpeg_quality": 75})
+        share = size * 3072 // 15 - -(-memory.shared_nbytes // 15)
+        if ok:
+            assert memory.select_class(image, torch.zeros(1, 4), box, 0, share) == 1
+        else:
+            with pytest.raises(ValueError, match="not even one exemplar fits"):
+                memory.select_class(image, torch.zeros(1, 4), box, 0, share)

@@ -146,6 +146,16 @@ class CompressedMemory:
         tot = torch.zeros(u.numel(), dtype=torch.long).index_add_(0, inv, self.exemplar_nbytes())
         return dict(zip(u.tolist(), tot.tolist()))
 
+    def candidate_nbytes(self, images, boxes: torch.Tensor) -> torch.Tensor:
+        """int64 Tensor(N,): the bytes each image would cost if stored with its box (x0, y0, x1, y1)
+        (uint8 Tensor(N, 3, H, W) or a list of Tensor(3, H_i, W_i)), by this memory's codec; what is held
+        once for the whole memory (:attr:`shared_nbytes`) is not included. The memory is not changed."""
+        sizes = image_sizes(images)
+        boxes = boxes.cpu().long()
+        for (H, W), pos in _size_groups(sizes):
+            check_boxes(boxes[pos], H, W)
+        return self._candidates(images, boxes, sizes)[0]
+
     def check_budget(self) -> None:
         """Raise :class:`BudgetExceededError` if the bytes held exceed the budget."""
         if self.nbytes > self.budget_bytes:

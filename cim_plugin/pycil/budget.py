@@ -31,22 +31,32 @@ def memory_budget_bytes(config: Dict[str, Any], total_classes: int, image_bytes:
     return int(config["memory_size"]) * image_bytes
 
 
-def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, int, Tuple[int, int]]:
-    """(bytes of one stored image, bytes of the cheapest CIM exemplar, (H, W)) for this run's data.
+def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, int, Tuple[int, int], int]:
+    """(bytes of one stored image, bytes of the cheapest exemplar, (H, W), bytes held once per memory).
 
-    The cheapest exemplar is the fully low-resolution one (empty box), priced by
-    :func:`cim_plugin.method.codec.exemplar_nbytes`, on the image the memory stores: the first training
-    item through the adapter's ImagePipeline (e.g. 224x224 after ImageNet's Resize + CenterCrop).
+    Priced by the memory this config asks for (``exemplar_codec``, ``jpeg_quality``, ``cim_mask``) on the
+    image the memory stores: the first training item through the adapter's ImagePipeline (e.g. 224x224
+    after ImageNet's Resize + CenterCrop). The cheapest exemplar is that image fully at low resolution
+    (an empty box), or the whole image for ``"cim_mask": "full"``. A JPEG's size depends on the image, so
+    for ``"jpeg"`` this is the first image's cost (the check catches budgets that are plainly too small);
+    its shared header (the tables) is the last element. ``"jpeg_quality": "auto"`` is priced at the
+    lowest quality it may choose.
     """
     import torch
 
     from .data import ImagePipeline
-    from ..method.codec import exemplar_nbytes
+    from ..method.jpeg_auto import QUALITY_GRID
+    from ..method.memory_kinds import make_memory
 
     image = ImagePipeline(data_manager).load(data_manager._train_data[0])  # uint8 (3, H, W)
     H, W = int(image.shape[-2]), int(image.shape[-1])
-    cheapest = int(exemplar_nbytes(torch.zeros(1, 4, dtype=torch.long), H, W, config["compress_ratio"])[0])
-    return 3 * H * W, cheapest, (H, W)
+    keys = dict(config)
+    if keys.get("jpeg_quality") == "auto":
+        keys["jpeg_quality"] = min(QUALITY_GRID)
+    memory = make_memory(0, keys)
+    box = [0, 0, W, H] if keys.get("cim_mask") == "full" else [0, 0, 0, 0]
+    cheapest = int(memory.candidate_nbytes(image.unsqueeze(0), torch.tensor([box]))[0])
+    return 3 * H * W, cheapest, (H, W), int(memory.shared_nbytes)
 
 
 def _budget_error(setting: str, detail: str, key: str, need: int) -> ConfigError:
@@ -75,15 +85,22 @@ def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
             raise _budget_error(setting, "leaves PyCIL memory_size // classes = 0 exemplars per class (the smallest "
                                 "possible exemplar is a full image)", "memory_size", classes)
         return
-    image_bytes, cheapest, (H, W) = smallest_cim_exemplar(config, data_manager)
-    share = memory_budget_bytes(config, classes, image_bytes) // classes
+    image_bytes, cheapest, (H, W), shared = smallest_cim_exemplar(config, data_manager)
+    # a class's share less its part of what the memory holds once (as CIM.class_budget_bytes)
+    share = memory_budget_bytes(config, classes, image_bytes) // classes - (-(-shared // classes))
     if share >= cheapest:
         return
-    # the smallest setting whose share holds `cheapest`
-    key, need = ("memory_per_class", -(-cheapest // image_bytes)) if fixed else (
-        "memory_size", -(-classes * cheapest // image_bytes))
-    raise _budget_error(setting, f"gives each class {share} bytes, but the smallest possible exemplar, the {H}x{W} "
-                        f"image kept only at 1/{config['compress_ratio']:g} resolution plus its box, costs "
+    # the smallest setting whose share holds `cheapest` (and the shared bytes)
+    per_class = cheapest + -(-shared // classes)
+    key, need = ("memory_per_class", -(-per_class // image_bytes)) if fixed else (
+        "memory_size", -(-classes * per_class // image_bytes))
+    codec = config.get("exemplar_codec", "raw")
+    what = (f"the whole {H}x{W} image" if config.get("cim_mask") == "full"
+            else f"the {H}x{W} image kept only at 1/{config['compress_ratio']:g} resolution plus its box")
+    if codec == "jpeg":
+        what += f" as JPEG at quality {config.get('jpeg_quality')} (the first training image; {shared} bytes of " \
+                "tables are held once for the memory)"
+    raise _budget_error(setting, f"gives each class {share} bytes, but the smallest possible exemplar, {what}, costs "
                         f"{cheapest} bytes (a full image: {image_bytes})", key, need)
 
 
