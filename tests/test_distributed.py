@@ -144,9 +144,10 @@ def test_accuracy_is_close_to_the_one_process_run(six_runs, data_root, tmp_path)
     assert abs(gap) <= CNN_MEAN_TOLERANCE, (gap, cnn)
 
 
-def test_a_process_that_dies_ends_the_job_and_resume_finishes(tmp_path, data_root):
+def test_a_process_that_dies_ends_the_job_and_resume_finishes(tmp_path, data_root, six_runs):
     """Process 1 raises at the start of phase 1: the job stops with a message naming the process and the
-    resume command; results.json and checkpoint.pt keep phase 0 intact; torchrun --resume finishes the run."""
+    resume command; results.json and checkpoint.pt keep phase 0 intact; torchrun --resume finishes the run
+    with the numbers of the uninterrupted job (every process's random states are in the checkpoint)."""
     config = tmp_path / "icarl_cim.json"
     config.write_text(json.dumps(case_config(data_root, "icarl", True)))
     out = tmp_path / "run"
@@ -159,7 +160,7 @@ def test_a_process_that_dies_ends_the_job_and_resume_finishes(tmp_path, data_roo
     assert [p["phase"] for p in results["phases"]] == [0] and not results["finished"]
     import_pycil()  # the checkpoint pickles PyCIL's network classes
     saved = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert saved["phase"] == 0
+    assert saved["phase"] == 0 and len(saved["rng_ranks"]) == 2
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     resumed = torchrun([REPO / "exps" / "run.py", config, "--out", out, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-5000:]
@@ -167,6 +168,11 @@ def test_a_process_that_dies_ends_the_job_and_resume_finishes(tmp_path, data_roo
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] and [p["phase"] for p in results["phases"]] == [0, 1]
     assert results["phases"][1]["meta_steps"] > 0
+    work, _ = six_runs
+    uninterrupted = json.loads((work / "icarl_1" / "results.json").read_text())
+    keys = ("top1_cnn", "top1_nme", "memory_bytes", "exemplars_per_class_counts", "mask_mean")
+    assert [[p[k] for k in keys] for p in results["phases"]] == [[p[k] for k in keys] for p in uninterrupted["phases"]]
+    assert results["accuracy_matrix_cnn"] == uninterrupted["accuracy_matrix_cnn"]
 
 
 def test_a_batch_that_does_not_split_is_refused_once(tmp_path, data_root):

@@ -155,6 +155,20 @@ class Context:
             raise ConfigError(error)
         return result
 
+    def rng_states(self, own: Dict[str, Any]) -> Dict[str, Any]:
+        """The checkpoint's random states: ``{"rng": own}``, and under torchrun ``"rng_ranks"``, every
+        process's (gathered), so that a resumed job continues each process's streams."""
+        if not self.active:
+            return {"rng": own}
+        ranks: List[Any] = [None] * self.world
+        dist.all_gather_object(ranks, own)
+        return {"rng": own, "rng_ranks": ranks}
+
+    def own_rng(self, saved: Dict[str, Any]) -> Dict[str, Any]:
+        """This process's random states in a checkpoint (process 0's when it was written by another world)."""
+        ranks = saved.get("rng_ranks")
+        return ranks[self.rank] if self.active and ranks is not None and len(ranks) == self.world else saved["rng"]
+
     # -- PyCIL's module-level names, for the run ----------------------------------------------
     @contextlib.contextmanager
     def patched(self, model_name: str) -> Iterator[None]:

@@ -230,7 +230,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 checkpoint.restore_learner(learner, saved["learner"])
                 results, rows = saved["results"], saved["rows"]
                 first_task = saved["phase"] + 1
-                checkpoint.restore_rng(saved["rng"])
+                checkpoint.restore_rng(ddp.own_rng(saved))
                 logging.info("resuming %s after phase %d", out_dir, saved["phase"])
             ddp.attach(learner, args)
             capture = _EvalCapture(learner)
@@ -257,10 +257,11 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                 results["phases"].append(phase)
                 _summarise(results, rows)
                 results["finished"] = task == data_manager.nb_tasks - 1
+                rng = ddp.rng_states(checkpoint.rng_state())  # under torchrun, every process's
                 if ddp.is_writer:
                     _write_artifacts(out_dir, learner, data_manager, y_pred, y_true)
                     checkpoint.save(ckpt_path, {
-                        "phase": task, "learner": checkpoint.learner_state(learner), "rng": checkpoint.rng_state(),
+                        "phase": task, "learner": checkpoint.learner_state(learner), **rng,
                         "results": results, "rows": rows,
                     })
                     write_json(out_dir / "results.json", results)
