@@ -146,6 +146,8 @@ def _spy_run(tmp_path, monkeypatch, learner):
                   synthetic_test_per_class=4, memory_size=40, cam_update_interval=1, meta_batch_size=4)
     if learner == "foster":
         common.update(init_epochs=3, boosting_epochs=3, compression_epochs=1)
+    elif learner == "bic":  # BiC holds out int(0.1 * memory_size / 5) exemplars per old class: at least 1
+        common.update(epochs=3, milestones=[2], memory_size=60)
     else:
         common.update(init_epoch=3, epochs=3, init_milestones=[2], milestones=[2])
     config = prepare(tiny_learner_config(learner, **common))
@@ -164,7 +166,8 @@ def _spy_run(tmp_path, monkeypatch, learner):
         seen["loss"].append((self.task, self.inner_loss.func.__name__))
         net = seen["net"]  # (5) expected fast weights: trainable, not a classifier head
         seen.setdefault("fast", set()).add(
-            (self.task, sum(1 for n, p in net.named_parameters() if p.requires_grad and "fc" not in n)))
+            (self.task, sum(1 for n, p in net.named_parameters()  # (BiC: nor its bias layers)
+                            if p.requires_grad and "fc" not in n and not n.startswith("bias_layers"))))
         return orig_loss(self, out, y, x)
 
     orig_batch = CIM._meta_batch
@@ -235,13 +238,13 @@ def _configured_lr(config, learner, task):
     from cim_plugin.pycil import learner_class
 
     module = __import__(learner_class(learner).__module__, fromlist=["x"])
-    name = "init_lr" if task == 0 else "lrate"
+    name = "init_lr" if task == 0 and hasattr(module, "init_lr") else "lrate"  # BiC: lrate in every phase
     return float(config.get(name, getattr(module, name)))
 
 
 @requires_pycil
 @pytest.mark.parametrize("learner,loss_name", [("icarl", "icarl_loss"), ("der", "der_loss"),
-                                               ("foster", "foster_loss")])
+                                               ("foster", "foster_loss"), ("bic", "bic_loss")])
 def test_meta_steps_follow_the_official_code(tmp_path, monkeypatch, learner, loss_name):
     results, seen, config = _spy_run(tmp_path, monkeypatch, learner)
     assert results["finished"]

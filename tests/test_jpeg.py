@@ -425,3 +425,40 @@ def test_icarl_with_auto_quality_chooses_once_and_logs_the_scores(tmp_path):
     assert seen[0][0] is seen[1][0] and seen[1][0].quality == auto["quality"]
     assert all(nbytes <= budget for _, nbytes, budget in seen)
     assert "jpeg_quality auto" in (tmp_path / "auto" / "run.log").read_text()
+
+
+@pytest.mark.parametrize("mask,quality,jpeg", [("cim", 30, True), ("cam", 90, True), ("full", 30, False),
+                                               ("cim", "auto", False)])
+def test_compression_augmentation_trains_on_what_the_jpeg_memory_replays(mask, quality, jpeg):
+    """With "exemplar_codec": "jpeg" a compression-augmented new-class image is the image as the JPEG memory
+    would replay it (box crop and low-res frame through JPEG at the run's quality), not the raw codec's;
+    mask mode "full" (MRDC) and "auto" before its first memory keep the raw codec's (an identity for "full")."""
+    from cim_plugin.method.cim import CIM
+    from cim_plugin.method.codec import compress
+    from cim_plugin.method.data import StoredImages
+
+    import numpy as np
+
+    images = _smooth(4, size=32)
+
+    class Base:
+        def __init__(self):
+            self.images, self.labels, self.trsf = images, np.zeros(4, dtype=np.int64), lambda pil: pil
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return i, images[i], 0
+
+    cim = CIM({"exemplar_codec": "jpeg", "jpeg_quality": quality, "cim_mask": mask})
+    data = cim.augmented(Base(), StoredImages())
+    data.boxes = torch.tensor([[8, 8, 24, 24]] * 4) if mask != "full" else torch.tensor([[0, 0, 32, 32]] * 4)
+    data.prob = 1.0
+    got = torch.stack([torch.from_numpy(np.asarray(data[i][1])).permute(2, 0, 1) for i in range(4)])
+    raw = compress(images, data.boxes, 4.0)
+    if jpeg:
+        expected = JpegMemory(0, 4.0, quality=quality).compressed(images, data.boxes)
+        assert torch.equal(got, expected) and not torch.equal(got, raw)
+    else:
+        assert torch.equal(got, raw)

@@ -34,7 +34,7 @@ from .network import cam_of_output, copy_block, default_logits, default_to_input
 from .herding import herding_order
 from .memory import CompressedMemory
 from .jpeg_auto import choose_quality
-from .memory_kinds import make_memory, memory_from_state
+from .memory_kinds import augment_compressor, make_memory, memory_from_state
 from .records import class_means, exemplar_record
 from .rng import random_streams_untouched
 from .timing import timed
@@ -122,7 +122,7 @@ class CIM:
         """This phase's new-class training data with CIM's compression augmentation (see
         :class:`CompressAugmentDataset`); CIM refreshes its boxes and probability on schedule."""
         self.train_new = CompressAugmentDataset(dataset, loader, self.config["compress_ratio"],
-                                                seed=self.seed * 1009 + self.task)
+                                                seed=self.seed * 1009 + self.task, compress_fn=augment_compressor(self.config, self.memory))
         return self.train_new
 
     def replay(self, trsf, training: bool = True) -> Optional[ExemplarDataset]:

@@ -90,10 +90,14 @@ class CompressAugmentDataset(Dataset):
     is a pure function of (seed, salt, idx), drawn from a generator of its own: the host's random stream
     (shuffling, crops, flips) is the same as without CIM, and the draws are the same in every loader worker."""
 
-    def __init__(self, base, loader, compress_ratio: float, seed: int = 0):
+    def __init__(self, base, loader, compress_ratio: float, seed: int = 0,
+                 compress_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
         self.base = base
         self.pipeline = loader
         self.ratio = compress_ratio
+        #: ``compress_fn(uint8 (B, 3, H, W), boxes (B, 4)) -> uint8 (B, 3, H, W)``: what the memory would replay
+        #: (e.g. :meth:`CompressedMemory.compressed`, JPEG included); None: the raw codec at ``compress_ratio``
+        self.compress_fn = compress_fn
         self.boxes: Optional[torch.Tensor] = None
         self.prob = 0.0
         self.seed = int(seed)
@@ -115,8 +119,27 @@ class CompressAugmentDataset(Dataset):
         if self.boxes is None or self.prob <= 0 or self._coin(idx) >= self.prob:
             return self.base[idx]
         stored = self.pipeline.load(self.base.images[idx])
-        image = compress(stored.unsqueeze(0), self.boxes[idx : idx + 1], self.ratio)[0]
+        box = self.boxes[idx : idx + 1]
+        image = (self.compress_fn(stored.unsqueeze(0), box) if self.compress_fn is not None
+                 else compress(stored.unsqueeze(0), box, self.ratio))[0]
         return idx, self.base.trsf(to_pil(image)), self.base.labels[idx]
+
+
+class LabelledSubset(Dataset):
+    """Items ``indices`` of a dataset that has ``labels`` (and maybe ``trsf``), renumbered from 0."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(dataset.labels)[self.indices]
+        self.trsf = getattr(dataset, "trsf", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx):
+        _, image, label = self.dataset[int(self.indices[idx])]
+        return idx, image, label
 
 
 class _Concat(ConcatDataset):

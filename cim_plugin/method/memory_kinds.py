@@ -4,14 +4,14 @@ one a saved state holds."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
 from .jpeg_memory import JpegMemory
 from .memory import CompressedMemory
 
-__all__ = ["make_memory", "memory_from_state", "load_memory"]
+__all__ = ["make_memory", "memory_from_state", "load_memory", "augment_compressor"]
 
 
 def make_memory(budget_bytes: int, config: Mapping[str, Any], device="cpu") -> CompressedMemory:
@@ -40,3 +40,18 @@ def memory_from_state(state: Mapping[str, Any], device="cpu") -> CompressedMemor
 def load_memory(path: Union[str, os.PathLike], device="cpu") -> CompressedMemory:
     """Read a memory file written by :meth:`CompressedMemory.save`, whatever its codec."""
     return memory_from_state(torch.load(os.fspath(path), map_location="cpu", weights_only=True), device)
+
+
+def augment_compressor(config: Mapping[str, Any], memory: Optional[CompressedMemory] = None
+                       ) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """What CIM's compression augmentation applies to a new-class image: ``f(uint8 (B, 3, H, W), boxes (B, 4))
+    -> uint8 (B, 3, H, W)``, the memory's own codec on the CPU (loader workers), JPEG at its quality included,
+    so new-class images are trained on as they would be replayed. None (the raw codec) for "raw", for mask
+    mode "full" (whole-image boxes: MRDC trains on its new data as it is), and for ``"jpeg_quality": "auto"``
+    until a first ``memory`` fixes the quality."""
+    if config.get("exemplar_codec", "raw") == "raw" or config.get("cim_mask") == "full":
+        return None
+    quality = getattr(memory, "quality", None) if memory is not None else config.get("jpeg_quality", 75)
+    if quality is None or quality == "auto":
+        return None
+    return make_memory(0, {**config, "jpeg_quality": quality}, "cpu").compressed

@@ -4,7 +4,7 @@ in CIM's compression augmentation, and the train loader that calls CIM's per-epo
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 from ..config import ConfigError
-from ..method.data import _Concat, to_pil
+from ..method.data import LabelledSubset, _Concat, to_pil
 from ..method.memory import CompressedMemory
 
 
@@ -118,6 +118,26 @@ class DataManagerProxy:
             dataset = _Concat([dataset, learner._cim.replay(trsf, training=source == "train" and mode == "train")])
         return (*result[:2], dataset) if ret_data else dataset
 
+    def get_dataset_with_split(self, indices, source, mode, appendent=None, val_samples_per_class=0):
+        """BiC's split: PyCIL splits the new classes (its own random draw); the compressed memory is split
+        here, per class, into ``val_samples_per_class`` exemplars for the bias-correction set and the rest
+        for training (CIM's own random stream, see :func:`split_memory`). New-class training images get the
+        compression augmentation; the memory's training part is the phase's training replay."""
+        if not isinstance(appendent, MemoryAppendent):
+            return self._dm.get_dataset_with_split(indices, source, mode, appendent=appendent,
+                                                   val_samples_per_class=val_samples_per_class)
+        learner = self._learner
+        train, val = self._dm.get_dataset_with_split(indices, source, mode, appendent=None,
+                                                     val_samples_per_class=val_samples_per_class)
+        if source == "train" and mode == "train":
+            train = learner._cim.augmented(train, learner._cim_pipeline)
+        trsf = train.trsf if hasattr(train, "trsf") else train.base.trsf
+        replay = learner._cim.replay(trsf, training=source == "train" and mode == "train")
+        keep, held_out = split_memory(replay.labels, val_samples_per_class,
+                                      torch.Generator().manual_seed(learner._cim.seed * 7919 + learner._cim.task))
+        return (_Concat([train, LabelledSubset(replay, keep)]),
+                _Concat([val, LabelledSubset(replay, held_out)]) if len(held_out) else val)
+
     def _trsf(self, mode):
         dm = self._dm
         if mode == "train":
@@ -127,15 +147,33 @@ class DataManagerProxy:
         return transforms.Compose([*dm._test_trsf, *dm._common_trsf])
 
 
-class _EpochHookLoader:
-    """A train loader that calls `hook()` before every pass (= every epoch) over the data."""
+def split_memory(labels, per_class: int, generator: torch.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held out) of a memory whose exemplars have ``labels`` (N,): ``per_class`` exemplars
+    of each class (all of a class that has fewer) drawn at random by ``generator`` are held out, as
+    PyCIL's get_dataset_with_split draws its validation exemplars; both index arrays are sorted."""
+    labels = torch.as_tensor(np.asarray(labels))
+    held = []
+    for label in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == label).flatten()
+        held.append(idx[torch.randperm(len(idx), generator=generator)[: max(0, int(per_class))]])
+    held_out = torch.cat(held) if held else torch.zeros(0, dtype=torch.long)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return torch.nonzero(mask).flatten().numpy(), torch.sort(held_out).values.numpy()
 
-    def __init__(self, loader, hook):
+
+class _EpochHookLoader:
+    """A train loader that calls `hook()` before every pass (= every epoch) over the data; with `when`, only
+    before the passes where `when()` is true (BiC also iterates its train loader to measure accuracy)."""
+
+    def __init__(self, loader, hook, when: Optional[Callable[[], bool]] = None):
         self._loader = loader
         self._hook = hook
+        self._when = when
 
     def __iter__(self):
-        self._hook()
+        if self._when is None or self._when():
+            self._hook()
         return iter(self._loader)
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ that phase. Phase 0 of every learner is plain cross-entropy; later phases add th
 |---|---|---|
 | icarl | CE | CE + KD(logits[:, :old], old_net(h), T) |
 | wa | CE | (1 - λ) CE + λ KD, λ = old / total classes |
+| bic | CE | (1 - λ) CE + λ KD on the bias-corrected logits, λ = BiC's ``lamda`` (old / total classes) |
 | der, der_p | CE | CE + CE(aux_logits, aux targets) |
 | foster | CE | CE(logits / per-class weights) + CE(fe_logits) + λ_okd KD(logits[:, :old], old_logits, T) |
 | replay | CE | CE |
@@ -90,6 +91,17 @@ def wa_loss(learner, out, y, x) -> torch.Tensor:
     return (1 - lam) * F.cross_entropy(logits, y) + lam * kd
 
 
+def bic_loss(learner, out, y, x) -> torch.Tensor:
+    """BiC's stage-1 loss: WA's form with BiC's own λ (``learner.lamda``), on its bias-corrected logits."""
+    if learner._cur_task == 0 or getattr(learner, "_old_network", None) is None:
+        return ce_loss(learner, out, y, x)
+    logits = _logits(out)
+    known = learner._known_classes
+    lam = float(getattr(learner, "lamda", known / learner._total_classes))
+    kd = kd_loss(logits[:, :known], _old_logits(learner, x), _temperature(learner))
+    return (1 - lam) * F.cross_entropy(logits, y) + lam * kd
+
+
 def der_loss(learner, out, y, x) -> torch.Tensor:
     if learner._cur_task == 0 or out.get("aux_logits") is None:
         return ce_loss(learner, out, y, x)
@@ -116,7 +128,7 @@ def lucir_loss(learner, out, y, x) -> torch.Tensor:
 #: learner name (PyCIL's model_name) -> its inner loss.
 INNER_LOSSES: Dict[str, InnerLoss] = {
     "icarl": icarl_loss, "wa": wa_loss, "der": der_loss, "der_p": der_loss, "foster": foster_loss,
-    "replay": ce_loss, "lucir": lucir_loss,
+    "replay": ce_loss, "lucir": lucir_loss, "bic": bic_loss,
 }
 
 

@@ -24,6 +24,7 @@ import torch
 
 from ..config import ConfigError
 from ..method.cim import CIM, CIM_KEYS, PHI_WEIGHT_DECAY, BudgetTooSmall
+from .bic_hooks import BiCHooks
 from .checkpoint import save
 from .data import DataManagerProxy, ImagePipeline, MemoryAppendent, _EpochHookLoader
 from .host import learner_modules
@@ -36,6 +37,9 @@ log = logging.getLogger("cim_plugin")
 # The learners' epoch loops that receive the phase's CIL optimiser as an argument: the mixin reads the
 # current learning rate and weight decay from it (inner step size, φ's schedule and weight decay).
 TRAIN_LOOPS = ("_init_train", "_update_representation", "_feature_boosting", "_der_p_fit")
+
+# Learners whose flow needs hooks of their own, placed before CIMMixin (BiC's two-stage loop).
+EXTRA_HOOKS = {"bic": (BiCHooks,)}
 
 
 def keeps_memory(cls) -> bool:
@@ -183,7 +187,7 @@ def cim_learner_class(base_cls, args: Dict[str, Any]):
         )
     if name not in SUPPORTED:
         raise ConfigError(f"{refusal(name)}; supported: {', '.join(SUPPORTED)}")
-    cls = type(f"CIM{base_cls.__name__}", (CIMMixin, base_cls), {})
+    cls = type(f"CIM{base_cls.__name__}", (*EXTRA_HOOKS.get(name, ()), CIMMixin, base_cls), {})
     for loop in TRAIN_LOOPS:
         if hasattr(base_cls, loop):
             setattr(cls, loop, _optimiser_capturing(cls, loop))

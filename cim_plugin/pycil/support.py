@@ -15,12 +15,9 @@ from ..config import ConfigError
 __all__ = ["SUPPORTED", "REFUSED", "refusal", "check_cim_support"]
 
 # Learners run end to end with CIM in the test suite (tests/test_cim_datasets.py, test_lucir.py, ...).
-SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p", "lucir")
+SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p", "lucir", "bic")
 
 REFUSED: Dict[str, str] = {
-    "bic": "BiC splits the memory into a training part and a bias-correction validation part with "
-           "DataManager.get_dataset_with_split(appendent=raw exemplar arrays), which slices the raw images; "
-           "a compressed memory has no raw arrays to slice",
     "podnet": "PODNet's class-balanced fine-tuning rebuilds its own raw-image memory (_construct_exemplar / "
               "_construct_exemplar_unified) and then indexes _data_memory and _targets_memory directly, "
               "outside build_rehearsal_memory",
