@@ -3,8 +3,8 @@
     python -m torch.distributed.run --nproc_per_node=2 --standalone tests/ddp_driver.py PLAN.json
 
 PLAN.json: [{"config": {...}, "out": "DIR"}, ...]. One job for all of them saves the start-up of a job per
-config. Each process counts the files it writes (results.json, checkpoints, memory files) into
-``<out>.writes_rank<R>.json`` (results.json, checkpoint.pt, exemplars.pt), so the test can check that process 0 alone writes.
+config. Each process counts the files it writes (results.json, checkpoint.pt, exemplars.pt) into
+``<out>.writes_rank<R>.json``, so the test can check that process 0 alone writes.
 """
 
 import json
