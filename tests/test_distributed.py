@@ -176,6 +176,21 @@ def test_a_process_that_dies_ends_the_job_and_resume_finishes(tmp_path, data_roo
     assert results["accuracy_matrix_cnn"] == uninterrupted["accuracy_matrix_cnn"]
 
 
+def test_a_killed_process_ends_the_job_and_leaves_the_files_intact(tmp_path, data_root):
+    """Process 1 is SIGKILLed at the start of phase 1 (no message of its own): torchrun ends the job and names
+    the signal; results.json and checkpoint.pt hold phase 0."""
+    config = tmp_path / "der.json"
+    config.write_text(json.dumps(case_config(data_root, "der", False)))
+    out = tmp_path / "run"
+    killed = torchrun([REPO / "exps" / "run.py", config, "--out", out], env_extra={"CIM_DDP_FAIL": "1:1:kill"})
+    assert killed.returncode != 0
+    assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr, killed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [p["phase"] for p in results["phases"]] == [0] and not results["finished"]
+    import_pycil()
+    assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["phase"] == 0
+
+
 def test_a_batch_that_does_not_split_is_refused_once(tmp_path, data_root):
     config = tmp_path / "odd.json"
     config.write_text(json.dumps(case_config(data_root, "icarl", False, batch_size=15)))

@@ -30,7 +30,8 @@ How PyCIL is adapted, from outside (:meth:`Context.patched`, :meth:`Context.atta
   (:meth:`Context.from_writer` shares its decisions, e.g. the output folder and the checkpoint it read).
 
 Debugging (tests): with ``CIM_DDP_DEBUG_DIR`` every process writes ``rank<R>.json`` there (digests of the
-network, memory and φ after each phase); ``CIM_DDP_FAIL=R:P`` makes process R raise at the start of phase P.
+network, memory and φ after each phase); ``CIM_DDP_FAIL=R:P`` makes process R raise at the start of phase P
+(``R:P:kill``: SIGKILL itself).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 import types
 from pathlib import Path
@@ -261,8 +263,13 @@ class Context:
             learner._class_means = shared["class_means"]
 
     def _maybe_fail(self, learner) -> None:
-        spec = os.environ.get(FAIL_ENV)
-        if spec and [int(v) for v in spec.split(":")] == [self.rank, learner._cur_task + 1]:
+        """``CIM_DDP_FAIL=R:P`` (raise) or ``R:P:kill`` (SIGKILL, as the kernel's OOM killer would): process R
+        fails at the start of phase P (tests)."""
+        spec = os.environ.get(FAIL_ENV, "")
+        parts = spec.split(":")
+        if len(parts) >= 2 and [int(v) for v in parts[:2]] == [self.rank, learner._cur_task + 1]:
+            if parts[2:] == ["kill"]:
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"{FAIL_ENV}={spec}: process {self.rank} fails at the start of phase "
                                f"{learner._cur_task + 1} (test)")
 
@@ -366,6 +373,6 @@ def failure_message(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip()
     lost = isinstance(err, getattr(dist, "DistBackendError", ())) or any(
         s in str(err) for s in ("Connection closed", "Connection reset", "Broken pipe", "timed out", "Timed out"))
-    why = ("it lost contact with another process of the job, which failed or was killed (that process's own "
-           "message says why)" if lost else "it failed")
+    why = ("it lost contact with another process of the job, which failed or was killed (its own message, or "
+           "torchrun's summary of the exit codes, says which and why)" if lost else "it failed")
     return f"error: process {rank} of {world} stopped: {why}.\n  {text[:2000]}\n  {RESUME_HINT}"
