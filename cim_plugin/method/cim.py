@@ -288,9 +288,10 @@ class CIM:
         with torch.no_grad():
             sites = count_relu_sites(view, x[:2])
         backbones = int(getattr(view, "num_backbones", 1))
+        shared = int(view.shared_sites(x[:2])) if hasattr(view, "shared_sites") else 0  # MEMO's shared blocks
         branch.grow_to(sites, device=x.device)
-        if self.branch_task != self.task and backbones >= 2 and sites % backbones == 0:
-            copy_block(branch, sites // backbones, src=backbones - 2, dst=backbones - 1)
+        if self.branch_task != self.task and backbones >= 2 and (sites - shared) % backbones == 0:
+            copy_block(branch, (sites - shared) // backbones, src=backbones - 2, dst=backbones - 1, offset=shared)
         branch.to(x.device)
         self.phi_optimizer = torch.optim.Adam(branch.parameters(), lr=self.config["phi_lr"],
                                               weight_decay=self.phi_weight_decay)

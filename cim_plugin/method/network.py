@@ -34,11 +34,12 @@ def cam_of_output(out: Dict[str, Any], labels: torch.Tensor, size) -> torch.Tens
     return cam_from_feature_maps(out["fmaps"], out["weight"].detach(), labels, out_size=tuple(size))
 
 
-def copy_block(branch: CIMBranch, size: int, src: int, dst: int) -> None:
-    """Copy the PAUs of backbone `src` onto those of backbone `dst` (blocks of `size` sites, call order)."""
+def copy_block(branch: CIMBranch, size: int, src: int, dst: int, offset: int = 0) -> None:
+    """Copy the PAUs of backbone `src` onto those of backbone `dst` (blocks of `size` sites, call order,
+    after `offset` shared sites)."""
     with torch.no_grad():
         for k in range(size):
-            branch.paus[dst * size + k].load_state_dict(branch.paus[src * size + k].state_dict())
+            branch.paus[offset + dst * size + k].load_state_dict(branch.paus[offset + src * size + k].state_dict())
 
 
 class GapClassifierView(nn.Module):

@@ -9,6 +9,7 @@ that phase. Phase 0 of every learner is plain cross-entropy; later phases add th
 | wa | CE | (1 - λ) CE + λ KD, λ = old / total classes |
 | bic | CE | (1 - λ) CE + λ KD on the bias-corrected logits, λ = BiC's ``lamda`` (old / total classes) |
 | der, der_p | CE | CE + CE(aux_logits, aux targets) |
+| memo | CE | CE + α_aux CE(aux_logits, aux targets), α_aux = args["alpha_aux"] |
 | foster | CE | CE(logits / per-class weights) + CE(fe_logits) + λ_okd KD(logits[:, :old], old_logits, T) |
 | replay | CE | CE |
 | lucir | CE | CE(σ cos) + λ (1 − cos(f, f_old)) + margin ranking on old-class samples (``lucir_losses``) |
@@ -109,6 +110,14 @@ def der_loss(learner, out, y, x) -> torch.Tensor:
     return F.cross_entropy(out["logits"], y) + aux
 
 
+def memo_loss(learner, out, y, x) -> torch.Tensor:
+    """MEMO's loss: DER's with the auxiliary term weighted by ``alpha_aux``."""
+    if learner._cur_task == 0 or out.get("aux_logits") is None:
+        return ce_loss(learner, out, y, x)
+    aux = F.cross_entropy(out["aux_logits"], der_aux_targets(y, learner._known_classes))
+    return F.cross_entropy(out["logits"], y) + float(learner.args["alpha_aux"]) * aux
+
+
 def foster_loss(learner, out, y, x) -> torch.Tensor:
     if learner._cur_task == 0 or out.get("fe_logits") is None:
         return ce_loss(learner, out, y, x)
@@ -129,6 +138,7 @@ def lucir_loss(learner, out, y, x) -> torch.Tensor:
 INNER_LOSSES: Dict[str, InnerLoss] = {
     "icarl": icarl_loss, "wa": wa_loss, "der": der_loss, "der_p": der_loss, "foster": foster_loss,
     "replay": ce_loss, "lucir": lucir_loss, "bic": bic_loss,
+    "memo": memo_loss,
 }
 
 

@@ -33,11 +33,36 @@ def fmaps_and_features(network: nn.Module, x: torch.Tensor) -> Tuple[List[torch.
     FOSTERNet: features are the concatenation over `convnets`) are both handled.
     """
     net = unwrap(network)
+    if hasattr(net, "AdaptiveExtractors"):
+        return _memo_fmaps_and_features(net, x)
     convnets = list(net.convnets) if hasattr(net, "convnets") else [net.convnet]
     outs = [convnet(x) for convnet in convnets]
     fmaps = [o["fmaps"][-1] for o in outs]
     features = torch.cat([o["features"] for o in outs], 1)
     return fmaps, features, classifier_weight(net.fc)
+
+
+def _memo_fmaps_and_features(net: nn.Module, x: torch.Tensor):
+    """MEMO's AdaptiveNet: the shared generalized blocks once, then each adaptive extractor, whose last feature
+    map is the input of its own ``avgpool`` (read by a forward pre-hook, so the extractor runs as it is)."""
+    base = net.TaskAgnosticExtractor(x)
+    fmaps: List[torch.Tensor] = []
+    features = []
+    for extractor in net.AdaptiveExtractors:
+        handle = extractor.avgpool.register_forward_pre_hook(lambda module, args: fmaps.append(args[0]))
+        try:
+            features.append(extractor(base))
+        finally:
+            handle.remove()
+    return fmaps, torch.cat(features, 1), classifier_weight(net.fc)
+
+
+def shared_relu_sites(network: nn.Module, x: torch.Tensor) -> int:
+    """ReLU sites run once for all backbones before them (MEMO's generalized blocks); 0 for other nets."""
+    from ..method.cim_branch import count_relu_sites
+
+    net = unwrap(network)
+    return count_relu_sites(net.TaskAgnosticExtractor, x) if hasattr(net, "TaskAgnosticExtractor") else 0
 
 
 class FmapView(nn.Module):
@@ -53,8 +78,14 @@ class FmapView(nn.Module):
 
     @property
     def num_backbones(self) -> int:
-        """Backbones of the network (DERNet, FOSTERNet: one per phase so far)."""
+        """Backbones of the network (DERNet, FOSTERNet: one per phase so far; MEMO: adaptive extractors)."""
+        if hasattr(self.net, "AdaptiveExtractors"):
+            return len(self.net.AdaptiveExtractors)
         return len(self.net.convnets) if hasattr(self.net, "convnets") else 1
+
+    def shared_sites(self, x: torch.Tensor) -> int:
+        """ReLU sites before the backbones, shared by all of them (see :func:`shared_relu_sites`)."""
+        return shared_relu_sites(self.net, x)
 
     def forward(self, x: torch.Tensor) -> Dict[str, Any]:
         fmaps, features, weight = fmaps_and_features(self.net, x)

@@ -15,7 +15,7 @@ from ..config import ConfigError
 __all__ = ["SUPPORTED", "REFUSED", "refusal", "check_cim_support"]
 
 # Learners run end to end with CIM in the test suite (tests/test_cim_datasets.py, test_lucir.py, ...).
-SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p", "lucir", "bic")
+SUPPORTED = ("icarl", "der", "foster", "wa", "replay", "der_p", "lucir", "bic", "memo")
 
 REFUSED: Dict[str, str] = {
     "podnet": "PODNet's class-balanced fine-tuning rebuilds its own raw-image memory (_construct_exemplar / "
@@ -26,8 +26,6 @@ REFUSED: Dict[str, str] = {
             "(_extract_class_means_with_memory)",
     "gem": "PyCIL's GEM stops without CIM too on the pinned PyCIL: _update_representation copies params.grad of "
            "every parameter, and parameters the old-task loss does not reach have none (AttributeError)",
-    "memo": "MEMO's AdaptiveNet returns pooled features only from its adaptive extractors (no feature map), so "
-            "there is no map to compute the CIM class activation map on",
     "rmm-icarl": "RMM decides each phase's memory size itself (new_memory_size, m_rate) and builds the memory "
                  "with its own _construct_exemplar on raw images; CIM's memory is a byte budget split by "
                  "herding over compressed candidates",
