@@ -300,7 +300,11 @@ def test_tiny_end_to_end_benchmark(tmp_path):
     assert set(rows) == {("tiny", "baseline"), ("tiny", "cim-cam")}
     for name in ("summary.md", "curves.png", "memory.png", "exemplars.png"):
         assert (out / name).stat().st_size > 0
-    assert "## Mask boxes vs true object boxes" in (out / "summary.md").read_text()
+    text = (out / "summary.md").read_text()
+    assert "## Mask boxes vs true object boxes" in text
+    cam_row = next(line for line in text.splitlines() if line.startswith("| tiny | cim-cam | ") and "±" not in line
+                   and line.count("|") == 9)  # the time table's row: one seed, 8 columns
+    assert "## Where the time goes" in text and cam_row.split("|")[5].strip() == "0"  # mask mode "cam": no meta steps
     result = _cli("--report-only", "--out", out)
     assert result.returncode == 0, result.stderr
 
@@ -500,3 +504,25 @@ def test_old_and_new_class_accuracy_per_phase():
     assert rows[2]["exemplars_per_class"][0] == pytest.approx(8.0) and rows[2]["box_fraction"][0] == pytest.approx(0.3)
     text = "\n".join(tables.old_new_section(groups, [("c", "cim")]))
     assert "| c | cim | 2 | 17.50 ± 3.54 | 60.00 ± 14.14 | 8.0 ± 0.0 | 0.300 ± 0.141 |" in text
+
+
+def test_time_table_splits_each_run_into_its_parts():
+    """Per run the phases are summed: epochs = train_s - meta - refresh, rest = wall - train_s - build;
+    mean ± std over seeds. The baseline (no CIM seconds) is all epochs and rest."""
+    from cim_plugin.bench.time_split import time_rows, time_section
+
+    def run(walls, trains, seconds):
+        return {"phases": [{"wall_s": w, "train_s": t, "seconds": s} for w, t, s in zip(walls, trains, seconds)]}
+
+    cim_s = {"meta_steps": 3.0, "box_refresh": 1.0, "memory_build": 2.0}
+    groups = {("c", "baseline"): {1: run([10, 20], [8, 15], [None, None]), 2: run([12, 20], [10, 15], [None, None])},
+              ("c", "cim"): {1: run([20, 30], [15, 20], [cim_s, cim_s]), 2: run([22, 30], [17, 20], [cim_s, cim_s])}}
+    rows = {r["variant"]: r for r in time_rows(groups, [("c", "baseline"), ("c", "cim")])}
+    assert rows["baseline"]["epochs"][0] == pytest.approx(24.0) and rows["baseline"]["rest"][0] == pytest.approx(7.0)
+    assert rows["baseline"]["wall"] == pytest.approx((31.0, math.sqrt(2)))
+    cim = rows["cim"]
+    assert cim["epochs"][0] == pytest.approx(36 - 8) and cim["meta_steps"] == pytest.approx((6.0, 0.0))
+    assert cim["box_refresh"][0] == pytest.approx(2.0) and cim["memory_build"][0] == pytest.approx(4.0)
+    assert cim["rest"][0] == pytest.approx(51 - 36 - 4)
+    assert "| c | cim | 51 ± 1 | 28 ± 1 | 6 ± 0 | 2 ± 0 | 4 ± 0 | 11 ± 0 |" in "\n".join(
+        time_section(groups, [("c", "baseline"), ("c", "cim")]))

@@ -1,0 +1,64 @@
+"""Where a run's wall time goes, per (config, variant): the report's time table.
+
+Every phase of results.json records ``wall_s``, ``train_s`` (inside the learner's ``_train``: its epochs,
+and with CIM the per-epoch hook) and, for CIM, ``seconds`` of its own work (``meta_steps``,
+``box_refresh`` inside the hook; ``memory_build`` after training). Per run the phases are summed; the table
+gives mean ± std over seeds of: the training epochs alone (``train_s`` − meta steps − box refreshes), the
+meta steps, the box refreshes, the memory build, and the rest (``wall_s`` − ``train_s`` − memory build:
+evaluation, data set-up, checkpoints).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from .tables import fmt, mean_std
+
+__all__ = ["time_rows", "time_section"]
+
+PARTS = ("epochs", "meta_steps", "box_refresh", "memory_build", "rest")
+
+
+def _split(run: Dict[str, Any]) -> Dict[str, float]:
+    """Seconds of one run, summed over its phases, by part (see the module docstring)."""
+    total = {part: 0.0 for part in PARTS + ("wall",)}
+    for phase in run.get("phases") or []:
+        seconds = phase.get("seconds") or {}
+        meta, refresh, build = (float(seconds.get(k, 0.0)) for k in ("meta_steps", "box_refresh", "memory_build"))
+        wall, train = float(phase.get("wall_s") or 0.0), float(phase.get("train_s") or 0.0)
+        total["wall"] += wall
+        total["epochs"] += train - meta - refresh
+        total["meta_steps"] += meta
+        total["box_refresh"] += refresh
+        total["memory_build"] += build
+        total["rest"] += wall - train - build
+    return total
+
+
+def time_rows(groups, order) -> List[Dict[str, Any]]:
+    """Per (config, variant): mean ± std over seeds of each part's seconds and of the wall time."""
+    rows = []
+    for stem, variant in order:
+        splits = [_split(run) for run in groups[(stem, variant)].values()]
+        if not splits or not any(s["wall"] for s in splits):
+            continue
+        rows.append({"config": stem, "variant": variant,
+                     **{part: mean_std([s[part] for s in splits])[:2] for part in PARTS + ("wall",)}})
+    return rows
+
+
+def time_section(groups, order) -> List[str]:
+    """Markdown: the time table (empty when no run recorded its times)."""
+    rows = time_rows(groups, order)
+    if not rows:
+        return []
+    lines = ["", "## Where the time goes (seconds per run, mean ± std over seeds)", "",
+             "| config | variant | wall | training epochs | meta steps | box refreshes | memory build | rest |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join([r["config"], r["variant"]] + [fmt(*r[k], 0) for k in ("wall",) + PARTS])
+                     + " |")
+    lines += ["", "Summed over phases. Training epochs = time inside the learner's training loop less CIM's meta "
+              "steps and box refreshes (with CIM it includes the extra replayed exemplars and the compression "
+              "augmentation); rest = evaluation, data set-up and checkpoints."]
+    return lines
