@@ -111,3 +111,16 @@ def test_budget_too_small_for_one_exemplar_stops_before_training(tmp_path, cim):
     _assert_clear(result, "memory budget too small", "smallest possible exemplar", detail,
                   '"memory_size" to at least')
     assert "Learning on" not in result.stdout  # stopped before phase 0 trained
+
+
+@requires_pycil
+@pytest.mark.parametrize("cim", [False, True])
+def test_bic_with_no_exemplar_to_hold_out_stops_before_training(tmp_path, cim):
+    """BiC holds out int(0.1 * memory_size / known) exemplars per old class: memory_size 30 with 10 known
+    classes in the last phase gives 0, an empty validation set PyCIL cannot train on; the run stops before
+    phase 0 with the memory_size that would do (100)."""
+    cfg = write_config(tmp_path / "bic.json", tiny_config(model_name="bic", cim=cim, memory_size=30))
+    result = run_cli([cfg, "--out", tmp_path / "out"], timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert 'raise "memory_size" to at least 100' in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

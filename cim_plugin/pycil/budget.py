@@ -64,6 +64,31 @@ def _budget_error(setting: str, detail: str, key: str, need: int) -> ConfigError
                        f'raise "{key}" to at least {need}')
 
 
+def check_bic_holdout(config: Dict[str, Any], learner, data_manager) -> None:
+    """ConfigError, before any training, when PyCIL's BiC would hold out no exemplar for bias correction.
+
+    BiC keeps ``int(split_ratio * memory_size / known classes)`` exemplars per old class aside; with 0 its
+    validation loader is empty and PyCIL stops at the first incremental phase (with or without CIM). Checked
+    for the last phase, which has the most known classes."""
+    if type(learner).__name__ not in ("BiC", "CIMBiC") or len(data_manager._increments) < 2:
+        return
+    from .host import learner_modules
+
+    ratio = next((float(m.split_ratio) for m in learner_modules(type(learner)) if hasattr(m, "split_ratio")), 0.1)
+    known = sum(data_manager._increments[:-1])
+    if int(ratio * int(config["memory_size"]) / known) >= 1:
+        return
+    need = None
+    if ratio > 0:  # the smallest memory_size PyCIL's own expression accepts
+        need = max(1, int(known / ratio))
+        while int(ratio * need / known) < 1:
+            need += 1
+    raise ConfigError(f'BiC holds out int(split_ratio {ratio:g} x "memory_size" {config["memory_size"]} / {known} '
+                      f"known classes) = 0 exemplars per old class for its bias correction in the last phase, and "
+                      f"PyCIL's BiC cannot train on an empty validation set; raise \"memory_size\" to at least {need}"
+                      if need else 'BiC needs "split_ratio" > 0')
+
+
 def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
     """ConfigError, before any training, when one class's share of the memory cannot hold one exemplar.
 
@@ -74,6 +99,7 @@ def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
     """
     from .mixin import keeps_memory
 
+    check_bic_holdout(config, learner, data_manager)
     if not keeps_memory(type(learner)) or len(data_manager._train_data) == 0:
         return
     classes = len(data_manager._class_order)
