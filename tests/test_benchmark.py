@@ -302,9 +302,11 @@ def test_tiny_end_to_end_benchmark(tmp_path):
         assert (out / name).stat().st_size > 0
     text = (out / "summary.md").read_text()
     assert "## Mask boxes vs true object boxes" in text
-    cam_row = next(line for line in text.splitlines() if line.startswith("| tiny | cim-cam | ") and "±" not in line
-                   and line.count("|") == 9)  # the time table's row: one seed, 8 columns
-    assert "## Where the time goes" in text and cam_row.split("|")[5].strip() == "0"  # mask mode "cam": no meta steps
+    assert "## Where the time goes" in text
+    cam_row = next(line for line in text.split("## Where the time goes")[1].splitlines()
+                   if line.startswith("| tiny | cim-cam | "))  # the time table's row: one seed, 9 columns
+    assert cam_row.count("|") == 10 and cam_row.split("|")[5].strip() == "0"  # mask mode "cam": no meta steps
+    assert float(cam_row.split("|")[9].split()[0]) > 0 and cam_row.split("|")[9].strip().endswith("%)")  # codec
     result = _cli("--report-only", "--out", out)
     assert result.returncode == 0, result.stderr
 
@@ -514,7 +516,7 @@ def test_time_table_splits_each_run_into_its_parts():
     def run(walls, trains, seconds):
         return {"phases": [{"wall_s": w, "train_s": t, "seconds": s} for w, t, s in zip(walls, trains, seconds)]}
 
-    cim_s = {"meta_steps": 3.0, "box_refresh": 1.0, "memory_build": 2.0}
+    cim_s = {"meta_steps": 3.0, "box_refresh": 1.0, "memory_build": 2.0, "codec": 0.5}
     groups = {("c", "baseline"): {1: run([10, 20], [8, 15], [None, None]), 2: run([12, 20], [10, 15], [None, None])},
               ("c", "cim"): {1: run([20, 30], [15, 20], [cim_s, cim_s]), 2: run([22, 30], [17, 20], [cim_s, cim_s])}}
     rows = {r["variant"]: r for r in time_rows(groups, [("c", "baseline"), ("c", "cim")])}
@@ -524,5 +526,7 @@ def test_time_table_splits_each_run_into_its_parts():
     assert cim["epochs"][0] == pytest.approx(36 - 8) and cim["meta_steps"] == pytest.approx((6.0, 0.0))
     assert cim["box_refresh"][0] == pytest.approx(2.0) and cim["memory_build"][0] == pytest.approx(4.0)
     assert cim["rest"][0] == pytest.approx(51 - 36 - 4)
-    assert "| c | cim | 51 ± 1 | 28 ± 1 | 6 ± 0 | 2 ± 0 | 4 ± 0 | 11 ± 0 |" in "\n".join(
-        time_section(groups, [("c", "baseline"), ("c", "cim")]))
+    assert cim["codec"] == pytest.approx((1.0, 0.0)) and cim["codec_share"] == pytest.approx(0.5 / 20)
+    text = "\n".join(time_section(groups, [("c", "baseline"), ("c", "cim")]))
+    assert "| c | cim | 51 ± 1 | 28 ± 1 | 6 ± 0 | 2 ± 0 | 4 ± 0 | 11 ± 0 | 1.0 ± 0.0 (2.5 %) |" in text
+    assert "| c | baseline | 31 ± 1 | 24 ± 1 | 0 ± 0 | 0 ± 0 | 0 ± 0 | 7 ± 0 |  |" in text

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,12 @@ def case_config(root: Path, learner: str, cim: bool, **overrides) -> dict:
 
 
 def torchrun(args, env_extra=None, timeout=900):
-    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env_extra or {}))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    # torchrun leaves a torchelastic_* log folder in the temp dir of every job: keep it in one removed afterwards
+    with tempfile.TemporaryDirectory(prefix="cim_torchrun_") as scratch:
+        env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=scratch,
+                   **(env_extra or {}))
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def one_process(config_path: Path, out: Path, timeout=600):

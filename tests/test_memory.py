@@ -214,3 +214,40 @@ def test_load_version1_state_converts_to_frames():
         back.load_state_dict(bad)
     with pytest.raises(ValueError, match="version"):
         back.load_state_dict(dict(state, version=7))
+
+
+def test_codec_clock_counts_nested_codec_calls_once(monkeypatch):
+    """A memory's codec seconds add the outermost marked call only (JpegMemory._candidates calls the base's);
+    an error inside still counts and leaves the clock ready for the next call; the real memory's encode
+    (select_class) and decode advance it."""
+    from cim_plugin.method import timing
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(ticks)))
+
+    class Fake:
+        @timing.codec_timed
+        def outer(self, fail=False):
+            return self.inner(fail)
+
+        @timing.codec_timed
+        def inner(self, fail):
+            if fail:
+                raise ValueError("bad")
+            return 7
+
+    fake = Fake()
+    assert fake.outer() == 7 and timing.codec_seconds(fake) == 2.0  # ticks 0 (outer), 1 (inner), 2 (outer's end)
+    with pytest.raises(ValueError):
+        fake.outer(fail=True)  # ticks 3, 4, 5
+    assert timing.codec_seconds(fake) == 4.0
+    assert fake.inner(False) == 7 and timing.codec_seconds(fake) == 5.0  # ticks 6, 7: not stuck as nested
+    monkeypatch.undo()
+
+    mem = CompressedMemory(10 * 3 * 16 * 16)
+    assert timing.codec_seconds(mem) == 0.0
+    imgs = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    mem.select_class(imgs, torch.randn(6, 4), torch.tensor([[2, 2, 10, 10]] * 6), 0, mem.budget_bytes)
+    after_encode = timing.codec_seconds(mem)
+    mem.decode_list()
+    assert 0 < after_encode < timing.codec_seconds(mem)

@@ -5,7 +5,9 @@ and with CIM the per-epoch hook) and, for CIM, ``seconds`` of its own work (``me
 ``box_refresh`` inside the hook; ``memory_build`` after training). Per run the phases are summed; the table
 gives mean ± std over seeds of: the training epochs alone (``train_s`` − meta steps − box refreshes), the
 meta steps, the box refreshes, the memory build, and the rest (``wall_s`` − ``train_s`` − memory build:
-evaluation, data set-up, checkpoints).
+evaluation, data set-up, checkpoints). Beside them, not a part of its own: the memory's codec (``seconds.codec``:
+encoding candidates and exemplars, compressing for herding, decoding; spread over the parts above), in
+seconds and as its largest share of one phase's wall time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ PARTS = ("epochs", "meta_steps", "box_refresh", "memory_build", "rest")
 
 def _split(run: Dict[str, Any]) -> Dict[str, float]:
     """Seconds of one run, summed over its phases, by part (see the module docstring)."""
-    total = {part: 0.0 for part in PARTS + ("wall",)}
+    total = {part: 0.0 for part in PARTS + ("wall", "codec", "codec_share")}
     for phase in run.get("phases") or []:
         seconds = phase.get("seconds") or {}
         meta, refresh, build = (float(seconds.get(k, 0.0)) for k in ("meta_steps", "box_refresh", "memory_build"))
@@ -32,6 +34,9 @@ def _split(run: Dict[str, Any]) -> Dict[str, float]:
         total["box_refresh"] += refresh
         total["memory_build"] += build
         total["rest"] += wall - train - build
+        codec = float(seconds.get("codec", 0.0))
+        total["codec"] += codec
+        total["codec_share"] = max(total["codec_share"], codec / wall if wall > 0 else 0.0)
     return total
 
 
@@ -43,7 +48,8 @@ def time_rows(groups, order) -> List[Dict[str, Any]]:
         if not splits or not any(s["wall"] for s in splits):
             continue
         rows.append({"config": stem, "variant": variant,
-                     **{part: mean_std([s[part] for s in splits])[:2] for part in PARTS + ("wall",)}})
+                     **{part: mean_std([s[part] for s in splits])[:2] for part in PARTS + ("wall", "codec")},
+                     "codec_share": max(s["codec_share"] for s in splits)})
     return rows
 
 
@@ -53,12 +59,16 @@ def time_section(groups, order) -> List[str]:
     if not rows:
         return []
     lines = ["", "## Where the time goes (seconds per run, mean ± std over seeds)", "",
-             "| config | variant | wall | training epochs | meta steps | box refreshes | memory build | rest |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| config | variant | wall | training epochs | meta steps | box refreshes | memory build | rest "
+             "| codec (largest share of a phase) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append("| " + " | ".join([r["config"], r["variant"]] + [fmt(*r[k], 0) for k in ("wall",) + PARTS])
-                     + " |")
+        codec = f"{fmt(*r['codec'], 1)} ({100 * r['codec_share']:.1f} %)" if r["codec"][0] else ""
+        lines.append("| " + " | ".join([r["config"], r["variant"]] + [fmt(*r[k], 0) for k in ("wall",) + PARTS]
+                                       + [codec]) + " |")
     lines += ["", "Summed over phases. Training epochs = time inside the learner's training loop less CIM's meta "
               "steps and box refreshes (with CIM it includes the extra replayed exemplars and the compression "
-              "augmentation); rest = evaluation, data set-up and checkpoints."]
+              "augmentation); rest = evaluation, data set-up and checkpoints. Codec = the memory's encoding and "
+              "decoding (candidates, herding, the phase's replay set, NME means), counted inside the other columns; "
+              "its share is the largest fraction of one phase's wall time over phases and seeds."]
     return lines

@@ -37,7 +37,7 @@ from .jpeg_auto import choose_quality
 from .memory_kinds import augment_compressor, make_memory, memory_from_state
 from .records import class_means, exemplar_record
 from .rng import random_streams_untouched
-from .timing import timed
+from .timing import codec_seconds, timed
 
 CIM_KEYS = tuple(k for k in CIM_DEFAULTS if k != "cim")  # what CIM reads from a config
 CAMS_KEPT = 4  # CAMs kept per class for the exemplar figure
@@ -106,6 +106,7 @@ class CIM:
         self.epoch_lr = self.phase_lr0 = self.meta_lr = None  # lr of: this epoch, the first, the last trained
         self.seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0}  # this phase's wall seconds
         self.calls = {key: 0 for key in self.seconds}
+        self.codec_start = codec_seconds(self.memory) if getattr(self, "memory", None) is not None else 0.0
 
     def budget_bytes(self) -> int:
         return int(self.budget_images) * self.image_bytes
@@ -401,7 +402,8 @@ class CIM:
             "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
             "cim_mask": self.config["cim_mask"], "exemplar_codec": memory.codec, "meta_steps": len(self.meta_log),
             "mask_mean": float(np.mean([m["mask_mean"] for m in self.meta_log])) if self.meta_log else None,
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "calls": dict(self.calls),
+            "seconds": {**{k: round(v, 3) for k, v in self.seconds.items()},  # codec: encode + decode, all parts
+                        "codec": round(codec_seconds(memory) - self.codec_start, 3)}, "calls": dict(self.calls),
             "jpeg_quality": getattr(memory, "quality", None), "jpeg_auto": getattr(self, "jpeg_auto", None),
         }
 

@@ -27,6 +27,7 @@ from .codec import _check_uint8_images, _paste, downsample, frame_npixels, lowre
 from .jpeg import check_quality, decode_streams, encode_streams, join_streams, split_streams, table_header
 from .memory import CompressedMemory, _batch
 from .packing import _ranges, _size_groups
+from .timing import codec_timed
 
 __all__ = ["JpegMemory"]
 
@@ -108,10 +109,12 @@ class JpegMemory(CompressedMemory):
         crop_bytes = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.uint8, device=low.device)
         return _paste(low, crop_bytes, boxes.to(low.device), (H, W))
 
+    @codec_timed
     def compressed(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """What the memory would replay for uint8 Tensor(B,3,H,W) with boxes (B,4): uint8 Tensor(B,3,H,W), CPU."""
         return self._decode_parts(*self._encode_parts(images, boxes), boxes, tuple(images.shape[-2:])).cpu()
 
+    @codec_timed
     def _candidates(self, images, boxes: torch.Tensor, sizes: torch.Tensor):
         """Encode every candidate (one batch per size): its real cost, and its scans for :meth:`_encode_kept`."""
         super()._candidates(images, boxes, sizes)  # checks implicit boxes
@@ -128,6 +131,7 @@ class JpegMemory(CompressedMemory):
         cr_len = torch.tensor([s.numel() for s in cr_scans], dtype=torch.long)
         return fr_len + cr_len + self._box_nbytes(), (fr_scans, cr_scans, fr_len, cr_len)
 
+    @codec_timed
     def _encode_kept(self, images, boxes, order, sizes, encoded) -> dict:
         fr_scans, cr_scans, fr_len, cr_len = encoded
         idx = order.tolist()
@@ -161,6 +165,7 @@ class JpegMemory(CompressedMemory):
                 out[k] = s
         return out
 
+    @codec_timed
     def decode(self, indices) -> torch.Tensor:
         """Decode exemplars of one image size: uint8 Tensor(n, 3, H, W) on the CPU (decoded on ``device``)."""
         idx, (H, W) = self._one_size(indices)

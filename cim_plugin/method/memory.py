@@ -30,6 +30,7 @@ from .codec import BOX_NBYTES, compress, decode, encode, exemplar_nbytes, frame_
 from .herding import herding_order
 from .memory_state import atomic_save, check_state
 from .packing import INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
+from .timing import codec_timed
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
@@ -224,6 +225,7 @@ class CompressedMemory:
         self.check_budget()
         return keep
 
+    @codec_timed
     def _candidates(self, images, boxes: torch.Tensor, sizes: torch.Tensor):
         """(int64 Tensor(N,) bytes each candidate would cost, what :meth:`_encode_kept` may reuse)."""
         nb = torch.empty(sizes.shape[0], dtype=torch.long)
@@ -234,6 +236,7 @@ class CompressedMemory:
                                  f"{boxes[pos][:2].tolist()}...")
         return nb, None
 
+    @codec_timed
     def _encode_kept(self, images, boxes: torch.Tensor, order: torch.Tensor, sizes: torch.Tensor, encoded) -> dict:
         """Encode candidates ``order`` (herding order), one batch per image size: the payload chunks and
         the offsets of each exemplar's frame and crop inside their concatenation."""
@@ -264,6 +267,7 @@ class CompressedMemory:
         self._labels = torch.cat([self._labels, torch.full((len(boxes),), label, dtype=torch.long)])
         self._sizes = torch.cat([self._sizes, sizes])
 
+    @codec_timed
     def compressed(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """What the memory would replay for uint8 Tensor(B,3,H,W) ``images`` with ``boxes``: uint8 Tensor(B,3,H,W)."""
         return compress(images, boxes, self.compress_ratio)
@@ -355,12 +359,10 @@ class CompressedMemory:
                              f"{torch.unique(sizes, dim=0).tolist()}; use decode_list()")
         return idx, tuple(sizes[0].tolist())
 
+    @codec_timed
     def decode(self, indices) -> torch.Tensor:
-        """Decode exemplars of one image size: uint8 Tensor(n, 3, H, W) on the CPU.
-
-        ``indices``: int sequence / Tensor of exemplar positions. Raises ValueError if they have
-        different original sizes (use :meth:`decode_list` then).
-        """
+        """Decode exemplars of one image size: uint8 Tensor(n, 3, H, W) on the CPU. ``indices``: int sequence /
+        Tensor of exemplar positions; ValueError if their original sizes differ (use :meth:`decode_list`)."""
         idx, (H, W) = self._one_size(indices)
         boxes = self._boxes[idx].long()
         frame = self._payload[_ranges(self._frame_off[idx], 3 * frame_npixels(boxes, H, W, self.compress_ratio))]
@@ -391,8 +393,7 @@ class CompressedMemory:
     def state_dict(self) -> dict:
         """Plain dict of tensors and numbers (loadable with torch.load(weights_only=True))."""
         return {"version": _STATE_VERSION, "budget_bytes": self.budget_bytes,
-                "compress_ratio": self.compress_ratio, "implicit_boxes": self.implicit_boxes,
-                "payload": self._payload.clone(),
+                "compress_ratio": self.compress_ratio, "implicit_boxes": self.implicit_boxes, "payload": self._payload.clone(),
                 "boxes": self._boxes.clone(), "labels": self._labels.clone(), "sizes": self._sizes.clone(),
                 "frame_off": self._frame_off.clone(), "crop_off": self._crop_off.clone()}
 
