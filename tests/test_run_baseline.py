@@ -79,3 +79,23 @@ def test_results_schema(baseline_runs):
     top1 = [p["top1_cnn"] for p in phases]
     assert results["avg_incremental_accuracy_cnn"] == pytest.approx(sum(top1) / 3)
     assert results["forgetting_cnn"] is not None
+
+
+def test_train_timer_counts_training_loops_once_when_nested(monkeypatch):
+    """_train and _run (BiC trains in _run; PODNet's _train calls its _run) are both timed, the outer call only."""
+    from cim_plugin.pycil import runner
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: float(next(ticks)))
+
+    class Learner:
+        def _train(self):
+            return self._run() + 1
+
+        def _run(self):
+            return 1
+
+    learner = Learner()
+    timer = runner._TrainTimer(learner)
+    assert learner._train() == 2 and timer.seconds == 2.0  # ticks: outer start 0, inner start 1, outer end 2
+    assert learner._run() == 1 and timer.seconds == 3.0  # a _run on its own (BiC): ticks 3, 4

@@ -1,17 +1,19 @@
 """Where a run's wall time goes, per (config, variant): the report's time table.
 
-Every phase of results.json records ``wall_s``, ``train_s`` (inside the learner's ``_train``: its epochs,
-and with CIM the per-epoch hook) and, for CIM, ``seconds`` of its own work (``meta_steps``,
+Every phase of results.json records ``wall_s``, ``train_s`` (inside the learner's training loops, ``_train`` or
+BiC's ``_run``: its epochs, and with CIM the per-epoch hook) and, for CIM, ``seconds`` of its own work (``meta_steps``,
 ``box_refresh`` inside the hook; ``memory_build`` after training). Per run the phases are summed; the table
 gives mean ± std over seeds of: the training epochs alone (``train_s`` − meta steps − box refreshes), the
 meta steps, the box refreshes, the memory build, and the rest (``wall_s`` − ``train_s`` − memory build:
-evaluation, data set-up, checkpoints). Beside them, not a part of its own: the memory's codec (``seconds.codec``:
+evaluation, data set-up, checkpoints); both are unknown ("—") for a run whose training loop was not timed.
+Beside them, not a part of its own: the memory's codec (``seconds.codec``:
 encoding candidates and exemplars, compressing for herding, decoding; spread over the parts above), in
 seconds and as its largest share of one phase's wall time.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List
 
 from .tables import fmt, mean_std
@@ -28,6 +30,8 @@ def _split(run: Dict[str, Any]) -> Dict[str, float]:
         seconds = phase.get("seconds") or {}
         meta, refresh, build = (float(seconds.get(k, 0.0)) for k in ("meta_steps", "box_refresh", "memory_build"))
         wall, train = float(phase.get("wall_s") or 0.0), float(phase.get("train_s") or 0.0)
+        if train <= 0 or train < meta + refresh:  # the training loop was not timed (runs made before BiC's
+            train = math.nan                     # _run was): its epochs and the rest are unknown, not negative
         total["wall"] += wall
         total["epochs"] += train - meta - refresh
         total["meta_steps"] += meta

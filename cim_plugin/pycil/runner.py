@@ -130,22 +130,32 @@ class _EvalCapture:
 
 
 class _TrainTimer:
-    """Wall seconds spent in the learner's `_train` (its epochs; with CIM also the per-epoch hook) this phase."""
+    """Wall seconds spent in the learner's training loops this phase (its epochs; with CIM also the per-epoch
+    hook): `_train`, and `_run` where a learner trains there (BiC's two stages); a loop called from inside
+    another counts once."""
+
+    LOOPS = ("_train", "_run")
 
     def __init__(self, learner):
         self.seconds = 0.0
-        original = getattr(learner, "_train", None)
-        if original is None:
-            return
+        self._depth = 0
+        for name in self.LOOPS:
+            original = getattr(learner, name, None)
+            if original is not None:
+                setattr(learner, name, self._timed(original))
 
-        def train(*args, **kwargs):
+    def _timed(self, original):
+        def loop(*args, **kwargs):
             start = time.perf_counter()
+            self._depth += 1
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - start
 
-        learner._train = train
+        return loop
 
 
 def _configure_logging(out_dir: Path) -> List[logging.Handler]:
