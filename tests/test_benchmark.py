@@ -530,6 +530,11 @@ def test_time_table_splits_each_run_into_its_parts():
     text = "\n".join(time_section(groups, [("c", "baseline"), ("c", "cim")]))
     assert "| c | cim | 51 ± 1 | 28 ± 1 | 6 ± 0 | 2 ± 0 | 4 ± 0 | 11 ± 0 | 1.0 ± 0.0 (2.5 %) |" in text
     assert "| c | baseline | 31 ± 1 | 24 ± 1 | 0 ± 0 | 0 ± 0 | 0 ± 0 | 7 ± 0 |  |" in text
+    # the round of meta steps after the last epoch (meta_after_training) is outside train_s: out of the rest
+    after = {**cim_s, "meta_after_training": 1.0}
+    split = time_rows({("c", "cim"): {1: run([20], [15], [after])}}, [("c", "cim")])[0]
+    assert split["epochs"][0] == pytest.approx(15 - 2 - 1) and split["meta_steps"][0] == pytest.approx(3.0)
+    assert split["rest"][0] == pytest.approx(20 - 15 - 2 - 1)
     # a training loop that was not timed (train_s 0, or less than the meta steps in it): epochs and rest unknown
     untimed = {("c", "cim"): {1: run([20, 30], [0, 0], [cim_s, cim_s]), 2: run([22, 30], [1, 1], [cim_s, cim_s])}}
     assert "| c | cim | 51 ± 1 | — | 6 ± 0 | 2 ± 0 | 4 ± 0 | — | 1.0 ± 0.0 (2.5 %) |" in "\n".join(

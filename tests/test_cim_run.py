@@ -39,8 +39,11 @@ def test_cim_holds_more_exemplars_in_the_same_bytes(tmp_path, learner, mask):
         loops = 2  # epochs with CIM's hook; FOSTER's compression epochs (1 here) have none, as in the official code
         assert p["calls"]["meta_steps"] == (loops if mask == "cim" else 0)
         assert p["calls"]["box_refresh"] == loops - 1 and p["calls"]["memory_build"] == 1
-        parts = {k: v for k, v in p["seconds"].items() if k != "codec"}
-        assert 0 < p["seconds"]["memory_build"] and sum(parts.values()) < p["wall_s"]
+        s = p["seconds"]
+        parts = {k: v for k, v in s.items() if k not in ("codec", "meta_after_training")}  # both inside others
+        assert 0 < s["memory_build"] and sum(parts.values()) < p["wall_s"]
+        assert p["calls"]["meta_after_training"] == (1 if mask == "cim" else 0) and s["meta_after_training"] >= 0
+        assert s["meta_steps"] - s["meta_after_training"] + s["box_refresh"] < p["train_s"]  # the rest is in the loop
         assert 0 < p["seconds"]["codec"] < p["wall_s"]  # the memory's encode + decode, inside the parts
         assert 0 < p["train_s"] < p["wall_s"]
     assert c["phases"][-1]["top1_cnn"] >= 0

@@ -3,10 +3,12 @@
 Every phase of results.json records ``wall_s``, ``train_s`` (inside the learner's training loops, ``_train`` or
 BiC's ``_run``: its epochs, and with CIM the per-epoch hook) and, for CIM, ``seconds`` of its own work (``meta_steps``,
 ``box_refresh`` inside the hook; ``memory_build`` after training). Per run the phases are summed; the table
-gives mean ± std over seeds of: the training epochs alone (``train_s`` − meta steps − box refreshes), the
-meta steps, the box refreshes, the memory build, and the rest (``wall_s`` − ``train_s`` − memory build:
-evaluation, data set-up, checkpoints); both are unknown ("—") for a run whose training loop was not timed.
-Beside them, not a part of its own: the memory's codec (``seconds.codec``:
+gives mean ± std over seeds of: the training epochs alone (``train_s`` − the meta steps and box refreshes made
+inside it), the meta steps (all: those between epochs and the round after the last one,
+``meta_after_training``), the box refreshes, the memory build, and the rest (``wall_s`` − ``train_s`` −
+memory build − the round after the last epoch: evaluation, data set-up, checkpoints; runs older than the
+``meta_after_training`` key count that round out of the epochs and into the rest); epochs and rest are
+unknown ("—") for a run whose training loop was not timed. Beside them, not a part of its own: the memory's codec (``seconds.codec``:
 encoding candidates and exemplars, compressing for herding, decoding; spread over the parts above), in
 seconds and as its largest share of one phase's wall time.
 """
@@ -28,16 +30,17 @@ def _split(run: Dict[str, Any]) -> Dict[str, float]:
     total = {part: 0.0 for part in PARTS + ("wall", "codec", "codec_share")}
     for phase in run.get("phases") or []:
         seconds = phase.get("seconds") or {}
-        meta, refresh, build = (float(seconds.get(k, 0.0)) for k in ("meta_steps", "box_refresh", "memory_build"))
+        meta, refresh, build, after = (float(seconds.get(k, 0.0)) for k in
+                                       ("meta_steps", "box_refresh", "memory_build", "meta_after_training"))
         wall, train = float(phase.get("wall_s") or 0.0), float(phase.get("train_s") or 0.0)
-        if train <= 0 or train < meta + refresh:  # the training loop was not timed (runs made before BiC's
-            train = math.nan                     # _run was): its epochs and the rest are unknown, not negative
+        if train <= 0 or train < meta - after + refresh:  # the training loop was not timed (runs made before
+            train = math.nan  # BiC's _run was): its epochs and the rest are unknown, not negative
         total["wall"] += wall
-        total["epochs"] += train - meta - refresh
+        total["epochs"] += train - (meta - after) - refresh  # the round after the last epoch is not in train_s
         total["meta_steps"] += meta
         total["box_refresh"] += refresh
         total["memory_build"] += build
-        total["rest"] += wall - train - build
+        total["rest"] += wall - train - build - after
         codec = float(seconds.get("codec", 0.0))
         total["codec"] += codec
         total["codec_share"] = max(total["codec_share"], codec / wall if wall > 0 else 0.0)

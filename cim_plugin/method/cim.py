@@ -95,16 +95,15 @@ class CIM:
             if key not in HOST_CALLABLES + ("device",):
                 raise TypeError(f"start_phase got an unexpected keyword {key!r}")
             setattr(self, key, value)
-        self.task, self.known, self.total = int(task), int(known_classes), int(total_classes)
+        self.task, self.known, self.total, self.epoch = int(task), int(known_classes), int(total_classes), 0
         self.budget_images, self.class_budget_images = budget_images, class_budget_images
-        self.epoch = 0
         self.train_new: Optional[CompressAugmentDataset] = None
         self.train_memory: Optional[ExemplarDataset] = None  # the phase loader's decoded memory
         self.meta_source: Optional[Dataset] = None  # new data + decoded memory, train transforms
         self.meta_log: List[Dict[str, float]] = []
         self.phi_optimizer = None  # φ's Adam is made anew each phase (as the official code)
         self.epoch_lr = self.phase_lr0 = self.meta_lr = None  # lr of: this epoch, the first, the last trained
-        self.seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0}  # this phase's wall seconds
+        self.seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0, "meta_after_training": 0.0}
         self.calls = {key: 0 for key in self.seconds}
         self.codec_start = codec_seconds(self.memory) if getattr(self, "memory", None) is not None else 0.0
 
@@ -173,9 +172,10 @@ class CIM:
         byte share. Returns the L2-normalised class means (total_classes, D) of the decoded exemplars (NME)."""
         self.phi_weight_decay = weight_decay
         with random_streams_untouched():
-            if self.config["cim_mask"] == "cim" and self.train_new is not None:
-                self.meta_lr = self.epoch_lr  # the last epoch's lr
-                self._meta_steps(network, self.train_new, lr)
+            if self.config["cim_mask"] == "cim" and self.train_new is not None:  # at the last epoch's lr
+                self.meta_lr = self.epoch_lr  # outside the learner's loop: timed apart too (also in meta_steps)
+                with self._timed("meta_after_training"):
+                    self._meta_steps(network, self.train_new, lr)
             with self._timed("memory_build"), evaluating(network):
                 return self._build_memory(network, classes)
 
