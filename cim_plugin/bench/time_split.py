@@ -2,8 +2,8 @@
 
 Every phase of results.json records ``wall_s``, ``train_s`` (inside the learner's training loops, ``_train``
 or BiC's ``_run``: its epochs, and with CIM the per-epoch hook) and, for CIM, ``seconds`` of its own work
-(``meta_steps``, ``box_refresh`` inside the hook; ``memory_build`` after training). Per run the phases are summed; the table
-gives mean ± std over seeds of: the training epochs alone (``train_s`` − the meta steps and box refreshes made
+(``meta_steps``, ``box_refresh`` inside the hook; ``memory_build`` after training). Per run the phases are
+summed; the table gives mean ± std over seeds of: the training epochs alone (``train_s`` − the meta steps and box refreshes made
 inside it), the meta steps (all: those between epochs and the round after the last one,
 ``meta_after_training``), the box refreshes, the memory build, and the rest (``wall_s`` − ``train_s`` −
 memory build − the round after the last epoch: evaluation, data set-up, checkpoints; runs older than the
