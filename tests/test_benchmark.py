@@ -322,6 +322,25 @@ def test_box_ious_references_match_hand_computed_values():
     centred = torch.tensor([[3, 3, 7, 7]])
     ref = sizes.box_ious(torch.tensor([[0, 0, 4, 4]]), centred, (10, 10))
     assert ref.iou == pytest.approx(1 / 31) and ref.center_iou == pytest.approx(1.0)
+    assert ref.coverage == pytest.approx(1 / 16)  # the stored box holds 1 of the object's 16 pixels
+    # a whole-image stored box keeps all of the object at any place, with IoU = the object's area fraction
+    whole = sizes.box_ious(torch.tensor([[0, 0, 10, 10]]), centred, (10, 10))
+    assert whole.coverage == whole.random_coverage == 1.0 and whole.iou == pytest.approx(0.16)
+    # an 8x8 box over a 2x2 object: IoU 4/64, object kept 1 where it sits, ~ (pixels covered) by chance
+    big = sizes.box_ious(torch.tensor([[0, 0, 8, 8]]), true, (10, 10), draws=4000)
+    assert big.iou == pytest.approx(4 / 64) and big.coverage == 1.0
+    # x0, y0 uniform in 0..2: the object (pixels 0..1) is inside for x0 = 0, half inside for x0 = 1
+    assert big.random_coverage == pytest.approx(((1 + 0.5) / 3) ** 2, rel=0.1)
+
+
+def test_box_coverage_is_the_fraction_of_the_second_box_inside_the_first():
+    from cim_plugin.method.boxes import box_coverage
+    a = torch.tensor([[0, 0, 4, 4], [0, 0, 4, 4], [5, 5, 6, 6], [0, 0, 4, 4]])
+    b = torch.tensor([[2, 2, 6, 6], [1, 1, 3, 3], [0, 0, 2, 2], [2, 2, 2, 2]])
+    assert box_coverage(a, b).tolist() == [0.25, 1.0, 0.0, 0.0]  # last: empty object box
+    assert box_coverage(b[:1], a[:1]).item() == 0.25
+    with pytest.raises(ValueError, match="box_coverage is elementwise"):
+        box_coverage(a, b[:2])
 
 
 # ------------------------------------------------------------------- folder dataset (tinyimagenet)
@@ -399,7 +418,8 @@ def test_benchmark_report_on_a_folder_dataset_with_true_boxes(tmp_path):
     iou_rows = [line for line in md.splitlines() if line.startswith("| tiny_folder | cim | cim |")]
     assert len(iou_rows) == 1
     cells = [c.strip() for c in iou_rows[0].strip("|").split("|")]
-    assert len(cells) == 9 and all(0.0 <= float(c) <= 1.0 for c in cells[3:8])  # IoU, 2 references, 2 areas
+    # IoU, its 2 references, object kept and its random reference, 2 areas
+    assert len(cells) == 11 and all(0.0 <= float(c) <= 1.0 for c in cells[3:10])
     for name in ("curves.png", "memory.png", "exemplars.png"):
         data_ = (out / name).read_bytes()
         assert data_.startswith(PNG) and len(data_) > 5000, name

@@ -121,12 +121,16 @@ class BoxIoU(NamedTuple):
     """Mean over a run's exemplars (a known source image each) of: IoU of the stored box with the true
     object box (``iou``); the same for a box of the same width and height at a random valid place
     (``random_iou``, averaged over :data:`REFERENCE_DRAWS` draws of a generator seeded with
-    :data:`REFERENCE_SEED`) and at the image centre (``center_iou``); stored and true box area / image
-    area (``box_fraction``, ``true_fraction``)."""
+    :data:`REFERENCE_SEED`) and at the image centre (``center_iou``); the fraction of the true box inside
+    the stored box (``coverage``: the part of the object kept at full resolution) and inside the same-size
+    random boxes (``random_coverage``); stored and true box area / image area (``box_fraction``,
+    ``true_fraction``)."""
 
     iou: float
     random_iou: float
     center_iou: float
+    coverage: float
+    random_coverage: float
     box_fraction: float
     true_fraction: float
 
@@ -134,15 +138,17 @@ class BoxIoU(NamedTuple):
 def box_ious(stored: torch.Tensor, true: torch.Tensor, size: Tuple[int, int],
              draws: int = REFERENCE_DRAWS, seed: int = REFERENCE_SEED) -> BoxIoU:
     """:class:`BoxIoU` of stored boxes int Tensor(N, 4) vs true boxes int Tensor(N, 4) of (H, W) images."""
-    from ..method.boxes import box_iou, same_size_center_boxes, same_size_random_boxes
+    from ..method.boxes import box_coverage, box_iou, same_size_center_boxes, same_size_random_boxes
 
     H, W = size
     stored, true = stored.long().cpu(), true.long().cpu()
     gen = torch.Generator().manual_seed(seed)
-    moved = same_size_random_boxes(stored, H, W, draws=draws, generator=gen)  # (draws, N, 4)
-    random_iou = box_iou(moved.reshape(-1, 4), true.repeat(draws, 1)).mean()
+    moved = same_size_random_boxes(stored, H, W, draws=draws, generator=gen).reshape(-1, 4)  # (draws·N, 4)
+    repeated = true.repeat(draws, 1)
     centred = same_size_center_boxes(stored, H, W)
-    return BoxIoU(float(box_iou(stored, true).mean()), float(random_iou), float(box_iou(centred, true).mean()),
+    return BoxIoU(float(box_iou(stored, true).mean()), float(box_iou(moved, repeated).mean()),
+                  float(box_iou(centred, true).mean()), float(box_coverage(stored, true).mean()),
+                  float(box_coverage(moved, repeated).mean()),
                   float(_fractions(stored.numpy(), size).mean()), float(_fractions(true.numpy(), size).mean()))
 
 
@@ -209,10 +215,13 @@ def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
                   "seeds), next to two references computed on the same exemplars: a box of the same width and "
                   f"height at a random valid place (mean of {REFERENCE_DRAWS} draws, generator seed "
                   f"{REFERENCE_SEED}) and at the image centre. Masks find objects when the stored boxes beat "
-                  "both. A whole-image box would score the true box's area fraction.", "",
+                  "both. A whole-image box would score the true box's area fraction. \"object kept\" = the "
+                  "fraction of the true box inside the stored box (the part of the object stored at full "
+                  "resolution; 1 for a whole-image box), beside the same for the random same-size boxes.", "",
                   "| config | variant | mask mode | mean IoU | same-size random IoU | same-size centred IoU "
+                  "| object kept | object kept, random ref. "
                   "| stored box area fraction | true box area fraction | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for stem, variant, mode, stats, n in iou_rows:
             lines.append(f"| {stem} | {variant} | {mode} | " + " | ".join(fmt(m, s, 3) for m, s in stats) + f" | {n} |")
     return lines

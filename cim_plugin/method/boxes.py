@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["masks_to_boxes", "cam_to_boxes", "boxes_to_masks", "box_area_fraction", "box_iou",
+__all__ = ["masks_to_boxes", "cam_to_boxes", "boxes_to_masks", "box_area_fraction", "box_iou", "box_coverage",
            "random_boxes", "center_boxes", "check_boxes", "full_boxes", "same_size_random_boxes",
            "same_size_center_boxes"]
 
@@ -121,23 +121,40 @@ def box_area_fraction(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return box_areas(boxes).to(torch.float32) / float(H * W)
 
 
+def _intersection(a: torch.Tensor, b: torch.Tensor, op: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked int64 copies of two box sets Tensor(B, 4) and their elementwise intersection areas (B,)."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != 4:
+            raise TypeError(f"{name} must be a Tensor(B,4), got {getattr(t, 'shape', type(t))}")
+    if a.shape != b.shape:
+        raise ValueError(f"{op} is elementwise: a and b need the same shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    a, b = a.long(), b.long()
+    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
+    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
+    return a, b, iw * ih
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num.float() / den.clamp_min(1).float(), torch.zeros_like(num, dtype=torch.float32))
+
+
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise IoU of two box sets Tensor(B, 4) -> float32 Tensor(B,).
 
     Two empty boxes (union 0) have IoU 0.
     """
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != 4:
-            raise TypeError(f"{name} must be a Tensor(B,4), got {getattr(t, 'shape', type(t))}")
-    if a.shape != b.shape:
-        raise ValueError(f"box_iou is elementwise: a and b need the same shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
-    a, b = a.long(), b.long()
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
-    inter = iw * ih
-    union = box_areas(a) + box_areas(b) - inter
-    return torch.where(union > 0, inter.float() / union.clamp_min(1).float(), torch.zeros_like(inter, dtype=torch.float32))
+    a, b, inter = _intersection(a, b, "box_iou")
+    return _ratio(inter, box_areas(a) + box_areas(b) - inter)
+
+
+def box_coverage(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise fraction of box ``b``'s area that lies inside box ``a``: Tensor(B, 4) x 2 -> float32
+    Tensor(B,) in [0, 1] (1 when ``a`` contains ``b``; 0 for an empty ``b``). With ``a`` a stored box and
+    ``b`` the true object box, it is the part of the object kept at full resolution.
+    """
+    a, b, inter = _intersection(a, b, "box_coverage")
+    return _ratio(inter, box_areas(b))
 
 
 def _check_fraction(area_fraction):
