@@ -142,6 +142,59 @@ def test_errors_leave_memory_unchanged():
         mem.select_class(im.float(), f, b, 2, 4000)
 
 
+def test_a_share_of_one_image_keeps_an_exemplar_when_the_first_pick_has_a_whole_image_box():
+    """With memory_size = one image per class, a first herding pick with a whole-image box costs one image
+    + 8 box bytes: the class keeps the first exemplar in herding order that fits alone (not an error)."""
+    H = W = 8
+    image_bytes = 3 * H * W
+    images, feats, boxes = _class_data(6, H, W, 0.25, 50)
+    order = herding_order(feats, 6)
+    boxes[order[0]] = torch.tensor([0, 0, W, H])  # herding's first pick: a whole-image box
+    boxes[order[1]] = torch.tensor([0, 0, W, H])
+    per = exemplar_nbytes(boxes, H, W)
+    assert int(per[order[0]]) == image_bytes + 8 and int(per[order[2]]) < image_bytes
+    mem = CompressedMemory(10 * image_bytes)
+    assert mem.select_class(images, feats, boxes, 0, image_bytes) == 1
+    assert torch.equal(mem.boxes, boxes[order[2:3]])  # the first pick that fits alone
+    assert torch.equal(mem.decode(range(1)), compress(images[order[2:3]], boxes[order[2:3]], 4.0))
+    # the official prefix rule wherever the first pick fits
+    mem.remove_class(0)
+    assert mem.select_class(images, feats, boxes, 0, image_bytes + 8) == 1
+    assert torch.equal(mem.boxes, boxes[order[:1]])
+    # reduce: class 0 holds the whole-image pick first; its share of one image keeps its next exemplar that fits
+    mem.remove_class(0)
+    assert mem.select_class(images, feats, boxes, 0, 4 * image_bytes) >= 3
+    other = _class_data(4, H, W, 0.25, 51)
+    mem.select_class(*other, 1, 2 * image_bytes)
+    kept_boxes = mem.boxes[mem.labels == 0].clone()
+    assert mem.reduce(image_bytes) == {0: 1, 1: mem.counts()[1]} and mem.counts()[1] >= 1
+    assert torch.equal(mem.boxes[mem.labels == 0], kept_boxes[2:3]) and mem.nbytes <= 2 * image_bytes
+    with pytest.raises(ValueError, match="cannot hold even one"):
+        mem.reduce(image_bytes // 10)  # nothing fits at all: still an error, memory unchanged
+    assert mem.counts()[0] == 1
+
+
+def test_keep_within_shares_matches_a_per_class_loop():
+    from cim_plugin.method.fit import first_within, keep_within_shares, prefix_within
+    g = torch.Generator().manual_seed(3)
+    group = torch.randint(0, 5, (200,), generator=g)
+    nbytes = torch.randint(1, 100, (200,), generator=g)
+    nbytes[(group == 2).nonzero()[0]] = 1000  # group 2's first item is over its share
+    share = torch.randint(50, 400, (5,), generator=g)
+    share[4] = 0  # group 4 keeps nothing
+    keep = keep_within_shares(nbytes, group, share)
+    for gi in range(5):
+        items = (group == gi).nonzero().flatten()
+        n = prefix_within(nbytes[items], int(share[gi]))
+        expect = torch.zeros(items.numel(), dtype=torch.bool)
+        expect[:n] = True
+        if n == 0 and first_within(nbytes[items], int(share[gi])) >= 0:
+            expect[first_within(nbytes[items], int(share[gi]))] = True
+        assert torch.equal(keep[items], expect), gi
+    assert keep[group == 2].sum() == 1 and not keep[group == 4].any()
+    assert prefix_within(torch.tensor([3, 4, 5]), 7) == 2 and first_within(torch.tensor([9, 8, 2]), 5) == 2
+
+
 def test_one_class_with_mixed_image_sizes():
     g = torch.Generator().manual_seed(40)
     shapes = [(10, 12), (8, 8), (10, 12), (14, 6), (8, 8), (14, 6), (10, 12)]

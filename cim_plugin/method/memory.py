@@ -27,6 +27,7 @@ import torch
 
 from .boxes import box_areas, check_boxes
 from .codec import BOX_NBYTES, compress, decode, encode, exemplar_nbytes, frame_npixels, _check_ratio
+from .fit import first_within, keep_within_shares, prefix_within
 from .herding import herding_order
 from .memory_state import atomic_save, check_state
 from .packing import INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
@@ -174,7 +175,8 @@ class CompressedMemory:
             boxes: int Tensor(N, 4), their boxes (x0, y0, x1, y1) in pixels of each image, exclusive ends.
             label: the class label.
             budget_bytes: bytes this class may use; selection stops at the first exemplar (in
-                herding order) that would exceed it.
+                herding order) that would exceed it (if that is the first one, the class keeps instead
+                the first exemplar in herding order that fits alone, see :mod:`cim_plugin.method.fit`).
             replace: if the class is already stored, replace it (else that is an error).
         Returns:
             number of exemplars kept (>= 1). Raises ValueError (memory unchanged) if not even one
@@ -206,10 +208,10 @@ class CompressedMemory:
                              f"costs {int(nb[i])} bytes for a {sizes[i, 0]}x{sizes[i, 1]} image at compress_ratio "
                              f"{self.compress_ratio}); raise the budget or the compress ratio")
         order = herding_order(features, kmax).cpu()
-        keep = int((torch.cumsum(nb[order], 0) <= budget_bytes).sum())  # cumsum increasing: a prefix
-        if keep == 0:
-            raise ValueError(f"class {label}: the first herding exemplar costs {int(nb[order[0]])} bytes > "
-                             f"class budget {budget_bytes} bytes")
+        keep = prefix_within(nb[order], budget_bytes)
+        if keep == 0:  # the first pick alone is over the share: the first one that fits alone (see fit.py)
+            order = herding_order(features, n).cpu()
+            order, keep = order[first_within(nb[order], budget_bytes)].reshape(1), 1
         order = order[:keep]
         add = int(nb[order].sum())
         old_class_bytes = self.nbytes_per_class().get(label, 0) if present else 0
@@ -302,8 +304,9 @@ class CompressedMemory:
             budget_per_class: bytes per class, one int for all classes or a dict covering every
                 stored class.
         Returns:
-            label -> number of exemplars kept. Raises ValueError (memory unchanged) if a class's
-            share cannot hold even its first exemplar (remove it with :meth:`remove_class`).
+            label -> number of exemplars kept. A class whose share cannot hold its first exemplar keeps
+            its first one that fits alone (:func:`cim_plugin.method.fit.keep_within_shares`). Raises
+            ValueError (memory unchanged) if none fits (remove the class with :meth:`remove_class`).
         """
         classes = self.classes()
         if isinstance(budget_per_class, dict):
@@ -316,20 +319,9 @@ class CompressedMemory:
             shares = {c: b for c in classes}
         if not classes:
             return {}
-        nb = self.exemplar_nbytes()
         u, inv = torch.unique(self._labels, return_inverse=True)
-        share = torch.tensor([shares[c] for c in u.tolist()], dtype=torch.long)[inv]
-        # running bytes of each exemplar's class, in insertion (= herding) order: sort by class, stable
-        perm = torch.sort(inv, stable=True).indices
-        cum = torch.cumsum(nb[perm], 0)
-        cls_sorted = inv[perm]
-        first = torch.ones_like(cls_sorted, dtype=torch.bool)
-        first[1:] = cls_sorted[1:] != cls_sorted[:-1]
-        start_cum = torch.where(first, cum - nb[perm], torch.zeros_like(cum))
-        start_cum = torch.cummax(start_cum, 0).values  # cum bytes before each class's first exemplar
-        within = torch.empty_like(cum)
-        within[perm] = cum - start_cum
-        keep = within <= share
+        share = torch.tensor([shares[c] for c in u.tolist()], dtype=torch.long)
+        keep = keep_within_shares(self.exemplar_nbytes(), inv, share)  # insertion order = herding order
         kept = torch.zeros(u.numel(), dtype=torch.long).index_add_(0, inv, keep.long())
         empty = [c for c, k in zip(u.tolist(), kept.tolist()) if k == 0]
         if empty:
