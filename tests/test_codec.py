@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from cim_plugin.method.boxes import boxes_to_masks, center_boxes, random_boxes
-from cim_plugin.method.codec import (compress, decode, degrade, downsample, encode, exemplar_cost, exemplar_nbytes,
+from cim_plugin.method.codec import (box_nbytes, compress, decode, degrade, downsample, encode, exemplar_cost, exemplar_nbytes,
                               frame_from_lowres, frame_mask, frame_npixels, lowres_hole, lowres_size, upsample)
 
 
@@ -97,17 +97,19 @@ def test_hole_is_safe_and_tight(N, ratio):
         assert int(extra.max()) <= 2 and float(extra.float().mean()) < 0.5   # at most one per side
 
 
-def test_full_box_costs_one_image_plus_box_and_is_lossless():
+def test_full_box_costs_one_image_and_is_lossless():
     for H, W, ratio in [(16, 12, 4), (32, 32, 9), (7, 5, 2), (224, 224, 16)]:
         x = _images(3, H, W, seed=2)
         full = torch.tensor([[0, 0, W, H]]).repeat(3, 1)
         frame, crops = encode(x, full, ratio)
         assert frame.numel() == 0 and crops.numel() == 3 * 3 * H * W
         assert torch.equal(decode(frame, crops, full, (H, W), ratio), x)
-        assert exemplar_nbytes(full, H, W, ratio).tolist() == [3 * H * W + 8] * 3
-    # ratio 1 (no down-sampling): every box costs exactly one image + box
-    boxes = _boxes_zoo(10, 12, 10, seed=3)
-    assert bool((exemplar_nbytes(boxes, 12, 10, 1) == 3 * 120 + 8).all())
+        assert exemplar_nbytes(full, H, W, ratio).tolist() == [3 * H * W] * 3  # a whole-image box is not stored
+    # ratio 1 (no down-sampling): every box costs exactly one image + its box (8 bytes, none if whole)
+    boxes = torch.cat([_boxes_zoo(10, 12, 10, seed=3), torch.tensor([[0, 0, 10, 12]])])
+    whole = (boxes == torch.tensor([0, 0, 10, 12])).all(dim=1)
+    assert whole[-1] and torch.equal(box_nbytes(boxes, 12, 10), torch.where(whole, 0, 8))
+    assert torch.equal(exemplar_nbytes(boxes, 12, 10, 1), 3 * 120 + box_nbytes(boxes, 12, 10))
 
 
 def test_empty_box_stores_the_whole_lowres_image():
@@ -139,7 +141,7 @@ def test_nbytes_and_cost():
     nb = exemplar_nbytes(boxes, 32, 32, 4)
     assert nb.dtype == torch.int64
     # box [4,20)x[4,12) -> low-res hole columns [3, 9), rows [3, 5): 12 pixels not stored
-    assert nb.tolist() == [3 * 1024 + 8, 3 * 256 + 8, 3 * 128 + 3 * (256 - 12) + 8]
+    assert nb.tolist() == [3 * 1024, 3 * 256 + 8, 3 * 128 + 3 * (256 - 12) + 8]
     torch.testing.assert_close(exemplar_cost(boxes, 32, 32, 4), nb.float() / 3072)
 
 

@@ -142,36 +142,55 @@ def test_errors_leave_memory_unchanged():
         mem.select_class(im.float(), f, b, 2, 4000)
 
 
-def test_a_share_of_one_image_keeps_an_exemplar_when_the_first_pick_has_a_whole_image_box():
-    """With memory_size = one image per class, a first herding pick with a whole-image box costs one image
-    + 8 box bytes: the class keeps the first exemplar in herding order that fits alone (not an error)."""
+def test_a_share_of_one_image_always_holds_an_exemplar():
+    """A whole-image box costs no box bytes, and a candidate whose stored form would cost more than its
+    image (any partial box at compress_ratio 1: the image + 8 box bytes) is stored as the whole image, for
+    exactly 3*H*W bytes; so a share of one image per class (memory_size = number of classes) always holds
+    an exemplar, whatever the boxes (a run at 64 px crashed there when a whole box cost 3*H*W + 8)."""
     H = W = 8
     image_bytes = 3 * H * W
     images, feats, boxes = _class_data(6, H, W, 0.25, 50)
     order = herding_order(feats, 6)
     boxes[order[0]] = torch.tensor([0, 0, W, H])  # herding's first pick: a whole-image box
-    boxes[order[1]] = torch.tensor([0, 0, W, H])
-    per = exemplar_nbytes(boxes, H, W)
-    assert int(per[order[0]]) == image_bytes + 8 and int(per[order[2]]) < image_bytes
+    assert int(exemplar_nbytes(boxes, H, W)[order[0]]) == image_bytes
     mem = CompressedMemory(10 * image_bytes)
     assert mem.select_class(images, feats, boxes, 0, image_bytes) == 1
-    assert torch.equal(mem.boxes, boxes[order[2:3]])  # the first pick that fits alone
-    assert torch.equal(mem.decode(range(1)), compress(images[order[2:3]], boxes[order[2:3]], 4.0))
-    # the official prefix rule wherever the first pick fits
-    mem.remove_class(0)
-    assert mem.select_class(images, feats, boxes, 0, image_bytes + 8) == 1
-    assert torch.equal(mem.boxes, boxes[order[:1]])
-    # reduce: class 0 holds the whole-image pick first; its share of one image keeps its next exemplar that fits
-    mem.remove_class(0)
-    assert mem.select_class(images, feats, boxes, 0, 4 * image_bytes) >= 3
+    assert mem.boxes.tolist() == [[0, 0, W, H]] and mem.nbytes == image_bytes
+    assert torch.equal(mem.decode(range(1)), images[order[:1]])  # the image itself
     other = _class_data(4, H, W, 0.25, 51)
     mem.select_class(*other, 1, 2 * image_bytes)
-    kept_boxes = mem.boxes[mem.labels == 0].clone()
-    assert mem.reduce(image_bytes) == {0: 1, 1: mem.counts()[1]} and mem.counts()[1] >= 1
-    assert torch.equal(mem.boxes[mem.labels == 0], kept_boxes[2:3]) and mem.nbytes <= 2 * image_bytes
+    assert mem.reduce(image_bytes)[0] == 1 and mem.nbytes <= 2 * image_bytes
+    # compress_ratio 1: a partial box would cost the image + 8 bytes, so it is stored as the image
+    flat = CompressedMemory(10 * image_bytes, compress_ratio=1.0)
+    assert int(exemplar_nbytes(boxes, H, W, 1.0)[order[1]]) == image_bytes + 8
+    assert flat.select_class(images, feats, boxes, 0, 3 * image_bytes) == 3
+    assert flat.boxes.tolist() == [[0, 0, W, H]] * 3 and flat.nbytes == 3 * image_bytes
+    assert torch.equal(flat.decode(range(3)), images[order[:3]])
+    assert flat.reduce(image_bytes) == {0: 1}
+
+
+def test_a_class_whose_first_pick_is_over_its_share_keeps_its_first_exemplar_that_fits():
+    H = W = 8
+    images, feats, boxes = _class_data(6, H, W, 0.25, 52)
+    order = herding_order(feats, 6)
+    boxes[order[0]] = torch.tensor([0, 0, W, H // 2 + 2])  # a big box first, small ones after
+    per = exemplar_nbytes(boxes, H, W)
+    share = int(per[order[1:]].max())
+    assert int(per[order[0]]) > share
+    mem = CompressedMemory(10 * 3 * H * W)
+    assert mem.select_class(images, feats, boxes, 0, share) == 1
+    assert torch.equal(mem.boxes, boxes[order[1:2]])  # the first pick that fits alone
+    assert torch.equal(mem.decode(range(1)), compress(images[order[1:2]], boxes[order[1:2]], 4.0))
+    mem.remove_class(0)  # the official prefix rule wherever the first pick fits
+    assert mem.select_class(images, feats, boxes, 0, int(per[order[0]])) == 1
+    assert torch.equal(mem.boxes, boxes[order[:1]])
+    mem.remove_class(0)  # reduce: the class holds the big pick first; a small share keeps its next one
+    assert mem.select_class(images, feats, boxes, 0, 10 * share) >= 3
+    kept_boxes = mem.boxes.clone()
+    assert mem.reduce(share) == {0: 1} and torch.equal(mem.boxes, kept_boxes[1:2])
     with pytest.raises(ValueError, match="cannot hold even one"):
-        mem.reduce(image_bytes // 10)  # nothing fits at all: still an error, memory unchanged
-    assert mem.counts()[0] == 1
+        mem.reduce(10)  # nothing fits at all: still an error, memory unchanged
+    assert mem.counts() == {0: 1}
 
 
 def test_keep_within_shares_matches_a_per_class_loop():
@@ -216,14 +235,14 @@ def test_one_class_with_mixed_image_sizes():
     assert kept == {1: 3} and all(torch.equal(a, b) for a, b in zip(mem.decode_list(), first3))
 
 
-def test_full_boxes_cost_one_image_plus_box_and_small_boxes_save_their_share():
+def test_full_boxes_cost_one_image_and_small_boxes_save_their_share():
     H = W = 16
     images, feats, _ = _class_data(12, H, W, 0.5, 50)
     full = torch.tensor([[0, 0, W, H]]).repeat(12, 1)
     mem = CompressedMemory(10**6, 4.0)
     mem.select_class(images, feats, full, 0, 10 * (3 * H * W + 8))
-    assert len(mem) == 10 and mem.nbytes == 10 * (3 * H * W + 8)
-    assert bool((mem.exemplar_nbytes() == 3 * H * W + 8).all())
+    assert len(mem) == 10 and mem.nbytes == 10 * 3 * H * W  # a whole-image box costs no box bytes
+    assert bool((mem.exemplar_nbytes() == 3 * H * W).all())
     assert torch.equal(mem.decode(range(10)), images[herding_order(feats, 10)])
     # the stored frame excludes the low-res pixels under the box: payload = crops + frames exactly
     im, f, b = _class_data(12, 32, 32, 0.3, 51)

@@ -7,9 +7,10 @@ An exemplar of an H x W RGB image with box B is stored as
     side, r = ``ratio``, the paper's ``compress_ratio``; grid (h, w) = :func:`lowres_size`) that some
     decoded pixel OUTSIDE the box reads, i.e. the low-res grid minus its "hole" rectangle
     (:func:`lowres_hole`), uint8, HWC (3 bytes per pixel), in row-major order of the low-res grid;
-  * the box itself, 4 x int16 (8 bytes, :data:`BOX_NBYTES`).
+  * the box itself, 4 x int16 (8 bytes, :data:`BOX_NBYTES`), unless it is the whole image: a crop of
+    ``3*H*W`` bytes says so, and the box costs nothing.
 So an exemplar costs ``3*box_h*box_w + 3*frame_pixels + 8`` bytes (:func:`exemplar_nbytes`), about
-``a + (1 - a)/r`` full images for box area fraction ``a``, and exactly ``3*H*W + 8`` for a full box.
+``a + (1 - a)/r`` full images for box area fraction ``a``, and exactly ``3*H*W`` (one image) for a full box.
 
 Decoding scatters the frame into a zero low-res grid, upsamples it bilinearly to (H, W) and pastes
 the crop, so pixels inside the box are exact and pixels outside equal ``upsample(downsample(x))``:
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from .boxes import box_areas, boxes_to_masks, check_boxes
 
 __all__ = ["lowres_size", "downsample", "upsample", "degrade", "encode", "decode", "compress",
-           "exemplar_nbytes", "exemplar_cost", "lowres_hole", "frame_mask", "frame_npixels",
+           "exemplar_nbytes", "box_nbytes", "exemplar_cost", "lowres_hole", "frame_mask", "frame_npixels",
            "frame_from_lowres", "BOX_NBYTES"]
 
 BOX_NBYTES = 8  # a box is stored as 4 x int16
@@ -337,16 +338,25 @@ def compress(images: torch.Tensor, boxes: torch.Tensor, ratio: float = 4.0) -> t
     return _paste(lowres, crops, boxes, (H, W))
 
 
+def box_nbytes(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Bytes of each stored box, int64 Tensor(B,): :data:`BOX_NBYTES` (4 x int16), or 0 for a box that is
+    the whole H x W image (its crop, of 3*H*W bytes, already says so)."""
+    boxes = check_boxes(boxes, H, W).long()
+    whole = (boxes == torch.tensor([0, 0, W, H], device=boxes.device)).all(dim=1)
+    return torch.where(whole, 0, BOX_NBYTES)
+
+
 def exemplar_nbytes(boxes: torch.Tensor, H: int, W: int, ratio: float = 4.0) -> torch.Tensor:
-    """Bytes of each stored exemplar, int64 Tensor(B,): 3*box_h*box_w + 3*frame_npixels + 8 (box as 4 x int16)."""
+    """Bytes of each stored exemplar, int64 Tensor(B,): 3*box_h*box_w + 3*frame_npixels + the box's bytes
+    (8, or 0 for a whole-image box: :func:`box_nbytes`)."""
     boxes = check_boxes(boxes, H, W)
-    return 3 * box_areas(boxes) + 3 * frame_npixels(boxes, H, W, ratio) + BOX_NBYTES
+    return 3 * box_areas(boxes) + 3 * frame_npixels(boxes, H, W, ratio) + box_nbytes(boxes, H, W)
 
 
 def exemplar_cost(boxes: torch.Tensor, H: int, W: int, ratio: float = 4.0) -> torch.Tensor:
     """Exemplar bytes in "full-image units": exemplar_nbytes / (3*H*W), float32 Tensor(B,).
 
     About the paper's ``a + (1 - a)/r`` for box area fraction ``a`` (plus 8/(3HW) for the box and
-    the low-res pixels straddling the box border); exactly ``1 + 8/(3HW)`` for a full box.
+    the low-res pixels straddling the box border); exactly 1 for a full box.
     """
     return exemplar_nbytes(boxes, H, W, ratio).to(torch.float32) / float(3 * H * W)

@@ -1,12 +1,12 @@
 """Which exemplars of a class fit its byte share: herding-order prefixes, with one fallback.
 
 The official rule (``_construct_exemplar`` / ``_reduce_exemplar``) keeps a class's exemplars in herding
-order while their summed cost stays within the class's share. Its cost ``a + (1 - a)/r`` never exceeds
-one full image, so a share of one full image always holds the first exemplar. Here the cost is the
-stored bytes, and an exemplar whose box is the whole image costs one full image plus its 8 box bytes.
-So with a share of exactly one image (``memory_size`` = one image per class) a class whose first
-herding pick has a whole-image box would keep nothing. In that case only, the class keeps the first
-exemplar in herding order that fits alone. Everywhere else the rule is the official prefix.
+order while their summed cost stays within the class's share. If the first pick alone is over the share
+(a share smaller than one image, and a first pick with a big box), that rule keeps nothing. In that case
+only, the class keeps instead the first exemplar in herding order that fits alone. Everywhere else the
+rule is the official prefix. (No stored exemplar costs more than its image, see
+:meth:`cim_plugin.method.memory.CompressedMemory.select_class`, so a share of one image always holds
+the first pick.)
 """
 
 from __future__ import annotations

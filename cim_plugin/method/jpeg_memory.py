@@ -129,7 +129,7 @@ class JpegMemory(CompressedMemory):
                     scans[int(pos[k])] = scan
         fr_len = torch.tensor([s.numel() for s in fr_scans], dtype=torch.long)
         cr_len = torch.tensor([s.numel() for s in cr_scans], dtype=torch.long)
-        return fr_len + cr_len + self._box_nbytes(), (fr_scans, cr_scans, fr_len, cr_len)
+        return fr_len + cr_len + self._box_bytes(boxes, sizes), (fr_scans, cr_scans, fr_len, cr_len)
 
     @codec_timed
     def _encode_kept(self, images, boxes, order, sizes, encoded) -> dict:

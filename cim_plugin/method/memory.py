@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Tuple, Union
 import torch
 
 from .boxes import box_areas, check_boxes
-from .codec import BOX_NBYTES, compress, decode, encode, exemplar_nbytes, frame_npixels, _check_ratio
+from .codec import box_nbytes, compress, decode, encode, exemplar_nbytes, frame_npixels, _check_ratio
 from .fit import first_within, keep_within_shares, prefix_within
 from .herding import herding_order
 from .memory_state import atomic_save, check_state
@@ -108,16 +108,21 @@ class CompressedMemory:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held, measured on the stored tensors: payload + boxes (unless implicit)."""
-        return self._payload.numel() * self._payload.element_size() + len(self) * self._box_nbytes()
+        """Bytes held, measured on the stored tensors: payload + boxes (none for a whole-image box)."""
+        return self._payload.numel() * self._payload.element_size() + int(self._box_bytes(self._boxes, self._sizes).sum())
 
     @property
     def shared_nbytes(self) -> int:
         """Bytes held once per memory, whatever the number of exemplars (none for raw pixels)."""
         return 0
 
-    def _box_nbytes(self) -> int:
-        return 0 if self.implicit_boxes else self._boxes.shape[1] * self._boxes.element_size()
+    def _box_bytes(self, boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """int64 Tensor(N,), bytes of each box (N, 4) of images of ``sizes`` (N, 2): 4 x int16, none for a
+        whole-image box (its crop length says so; always the case with implicit boxes)."""
+        out = torch.zeros(boxes.shape[0], dtype=torch.long)
+        for (H, W), pos in _size_groups(sizes):
+            out[pos] = box_nbytes(boxes[pos].long(), H, W)
+        return out
 
     def classes(self) -> List[int]:
         """Sorted list of the labels present."""
@@ -140,7 +145,7 @@ class CompressedMemory:
 
     def exemplar_nbytes(self) -> torch.Tensor:
         """int64 Tensor(N,), stored bytes of each exemplar (frame + crop + box)."""
-        return self._frame_len() + self._crop_len() + self._box_nbytes()
+        return self._frame_len() + self._crop_len() + self._box_bytes(self._boxes, self._sizes)
 
     def nbytes_per_class(self) -> Dict[int, int]:
         """label -> bytes held by its exemplars (sums to :attr:`nbytes`)."""
@@ -177,6 +182,7 @@ class CompressedMemory:
             budget_bytes: bytes this class may use; selection stops at the first exemplar (in
                 herding order) that would exceed it (if that is the first one, the class keeps instead
                 the first exemplar in herding order that fits alone, see :mod:`cim_plugin.method.fit`).
+                A candidate whose stored form would cost more than its image is stored as the whole image.
             replace: if the class is already stored, replace it (else that is an error).
         Returns:
             number of exemplars kept (>= 1). Raises ValueError (memory unchanged) if not even one
@@ -201,6 +207,10 @@ class CompressedMemory:
             check_boxes(boxes[pos], H, W)
         boxes = boxes.long()
         nb, encoded = self._candidates(images, boxes, sizes)
+        over = nb > 3 * sizes.prod(dim=1)  # compressed, it would cost more than the image: store the image
+        if bool(over.any()):  # (0, 0, W, H): the whole image
+            boxes = torch.where(over[:, None], torch.cat([torch.zeros_like(sizes), sizes.flip(1)], dim=1), boxes)
+            nb, encoded = self._candidates(images, boxes, sizes)
         kmax = min(n, budget_bytes // int(nb.min())) if budget_bytes >= 0 else 0
         if kmax == 0:
             i = int(nb.argmin())
@@ -232,7 +242,7 @@ class CompressedMemory:
         """(int64 Tensor(N,) bytes each candidate would cost, what :meth:`_encode_kept` may reuse)."""
         nb = torch.empty(sizes.shape[0], dtype=torch.long)
         for (H, W), pos in _size_groups(sizes):
-            nb[pos] = exemplar_nbytes(boxes[pos], H, W, self.compress_ratio) - (BOX_NBYTES - self._box_nbytes())
+            nb[pos] = exemplar_nbytes(boxes[pos], H, W, self.compress_ratio)
             if self.implicit_boxes and bool((boxes[pos] != torch.tensor([0, 0, W, H])).any()):
                 raise ValueError(f"this memory stores whole-image boxes only (implicit_boxes); got "
                                  f"{boxes[pos][:2].tolist()}...")
