@@ -559,3 +559,26 @@ def test_time_table_splits_each_run_into_its_parts():
     untimed = {("c", "cim"): {1: run([20, 30], [0, 0], [cim_s, cim_s]), 2: run([22, 30], [1, 1], [cim_s, cim_s])}}
     assert "| c | cim | 51 ± 1 | — | 6 ± 0 | 2 ± 0 | 4 ± 0 | — | 1.0 ± 0.0 (2.5 %) |" in "\n".join(
         time_section(untimed, [("c", "cim")]))
+
+
+@requires_pycil
+def test_codec_signature_reads_each_jpeg_runs_final_network(tmp_path):
+    """exps/codec_signature.py on a finished JPEG benchmark: its clean-image numbers are the run's own
+    last-phase top-1 (same network, transform and class order), and it covers every JPEG run."""
+    cfg = write_config(tmp_path / "tiny.json", tiny_config(jpeg_quality=50, init_epoch=6, epochs=3, init_lr=0.02,
+                                                           lrate=0.02, init_milestones=[5], milestones=[2]))
+    out = tmp_path / "bench"
+    result = _cli(cfg, "--out", out, "--seeds", "1993", "--mask-modes", "full", "--codecs", "jpeg", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    sig = subprocess.run([sys.executable, str(REPO / "exps" / "codec_signature.py"), str(out / "tiny")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert sig.returncode == 0, sig.stderr[-2000:]
+    rows = [[c.strip() for c in line.split("|")] for line in sig.stdout.splitlines()[1:]]
+    assert [r[1] for r in rows] == ["clean", "whole-image JPEG", "low-res JPEG"]
+    assert all(r[0] == "cim-full-jpeg 1993" for r in rows)
+    old, new = float(rows[0][2]), float(rows[0][3])
+    run = json.loads((out / "tiny" / "cim-full-jpeg" / "seed_1993" / "results.json").read_text())
+    last = run["accuracy_matrix_cnn"][-1]  # per task: 5 classes of 8 test images each
+    assert 0 < new < 100 and old > 0  # a network that learnt something, so a wrong transform would show
+    assert old == pytest.approx((last[0] + last[1]) / 2, abs=0.1) and new == pytest.approx(last[2], abs=0.1)
