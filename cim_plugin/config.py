@@ -30,6 +30,7 @@ CIM_DEFAULTS: Dict[str, Any] = {
     "num_meta_iters_per_cls": 0.5,
     "cam_update_interval": 40,
     "randombbxblur_prob_incre": 0.1,
+    "codec_augment_prob": 0.0,
     "div_coef": 0.2,
     "reg_coef": 0.1,
     "exemplar_codec": "raw",
@@ -125,6 +126,7 @@ def validate_cim_keys(config: Dict[str, Any]) -> None:
     _require_number(config, "num_meta_iters_per_cls", low=0.0)
     _require_number(config, "cam_update_interval", low=1, integer=True)
     _require_number(config, "randombbxblur_prob_incre", low=0.0, high=1.0)
+    _require_number(config, "codec_augment_prob", low=0.0, high=1.0)
     _require_number(config, "div_coef", low=0.0)
     _require_number(config, "reg_coef", low=0.0)
     if config["exemplar_codec"] not in EXEMPLAR_CODECS:

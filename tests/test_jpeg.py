@@ -462,3 +462,49 @@ def test_compression_augmentation_trains_on_what_the_jpeg_memory_replays(mask, q
         assert torch.equal(got, expected) and not torch.equal(got, raw)
     else:
         assert torch.equal(got, raw)
+
+
+@pytest.mark.parametrize("mask", ["cim", "full"])
+def test_codec_augment_prob_compresses_new_images_from_the_first_epoch_with_the_memorys_codec(mask):
+    """"codec_augment_prob" p: before any box refresh (boxes None, prob 0 in the official schedule) a new-class
+    image is already passed through the memory's JPEG with probability p, with a whole-image box; for mask mode
+    "full" (MRDC) too. The default 0 leaves the official schedule: nothing is compressed before the first refresh."""
+    from cim_plugin.method.cim import CIM
+    from cim_plugin.method.data import StoredImages, to_pil
+
+    import numpy as np
+
+    n = 64
+    images = _smooth(n, size=32)
+
+    class Base:
+        def __init__(self):
+            self.images, self.labels, self.trsf = images, np.zeros(n, dtype=np.int64), lambda pil: pil
+
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return i, to_pil(images[i]), 0
+
+    def compressed_items(data):
+        got = torch.stack([torch.from_numpy(np.asarray(data[i][1])).permute(2, 0, 1) for i in range(n)])
+        return got, (got != images).flatten(1).any(1)
+
+    config = {"exemplar_codec": "jpeg", "jpeg_quality": 30, "cim_mask": mask}
+    official = CIM(config).augmented(Base(), StoredImages())
+    assert official.boxes is None and not compressed_items(official)[1].any()
+    data = CIM({**config, "codec_augment_prob": 0.5}).augmented(Base(), StoredImages())
+    assert data.boxes is None and data.prob == 0.0
+    got, changed = compressed_items(data)
+    assert 0.25 < changed.float().mean() < 0.75  # about half, by the coins
+    whole = JpegMemory(0, 4.0, quality=30).compressed(images, torch.tensor([[0, 0, 32, 32]] * n))
+    assert torch.equal(got[changed], whole[changed])
+    data = CIM({**config, "codec_augment_prob": 1.0}).augmented(Base(), StoredImages())
+    assert compressed_items(data)[1].all()
+
+
+def test_codec_augment_prob_must_be_a_probability():
+    validate_cim_keys(with_defaults({"codec_augment_prob": 0.5}))
+    with pytest.raises(ConfigError, match="codec_augment_prob"):
+        validate_cim_keys(with_defaults({"codec_augment_prob": 1.5}))

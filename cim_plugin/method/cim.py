@@ -71,8 +71,7 @@ class CIM:
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.view, self.to_input, self.inner_loss, self.logits_fn = view, to_input, inner_loss, logits_fn
-        self.device = device
-        self.fast_weight_filter = fast_weight_filter
+        self.device, self.fast_weight_filter = device, fast_weight_filter
         self.memory: Optional[CompressedMemory] = None
         self.image_bytes: Optional[int] = None  # bytes of one full stored image (3·H·W)
         self.branch: Optional[CIMBranch] = None  # the adaptive mask model (PAUs, φ)
@@ -122,7 +121,8 @@ class CIM:
         """This phase's new-class training data with CIM's compression augmentation (see
         :class:`CompressAugmentDataset`); CIM refreshes its boxes and probability on schedule."""
         self.train_new = CompressAugmentDataset(dataset, loader, self.config["compress_ratio"],
-                                                seed=self.seed * 1009 + self.task, compress_fn=augment_compressor(self.config, self.memory))
+                                                seed=self.seed * 1009 + self.task, floor=self.config["codec_augment_prob"],
+                                                compress_fn=augment_compressor(self.config, self.memory))
         return self.train_new
 
     def replay(self, trsf, training: bool = True) -> Optional[ExemplarDataset]:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
+from .boxes import full_boxes
 from .codec import compress
 from .memory import CompressedMemory
 
@@ -82,8 +83,10 @@ class ExemplarDataset(Dataset):
 
 
 class CompressAugmentDataset(Dataset):
-    """New-class training images, each compressed with its current box with probability `prob`
-    (CIM's compression augmentation). Boxes (N, 4) are in stored-image coordinates.
+    """New-class training images, each compressed with its current box with probability ``max(prob, floor)``
+    (CIM's compression augmentation; ``floor``: ``"codec_augment_prob"``, 0 in the official schedule). Boxes
+    (N, 4) are in stored-image coordinates; before the first refresh (``boxes`` None) an image is compressed
+    with a whole-image box, i.e. only by the memory's codec (JPEG), which is all a "full" memory does.
 
     ``base`` gives items ``(idx, image, label)`` and has ``images`` (raw items), ``labels`` and ``trsf``;
     ``loader`` turns raw items into stored uint8 images. Whether item `idx` is compressed in pass `salt`
@@ -91,7 +94,8 @@ class CompressAugmentDataset(Dataset):
     (shuffling, crops, flips) is the same as without CIM, and the draws are the same in every loader worker."""
 
     def __init__(self, base, loader, compress_ratio: float, seed: int = 0,
-                 compress_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
+                 compress_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                 floor: float = 0.0):
         self.base = base
         self.pipeline = loader
         self.ratio = compress_ratio
@@ -100,6 +104,7 @@ class CompressAugmentDataset(Dataset):
         self.compress_fn = compress_fn
         self.boxes: Optional[torch.Tensor] = None
         self.prob = 0.0
+        self.floor = float(floor)
         self.seed = int(seed)
         self.salt = 0  # set before each pass over the data
         self.images, self.labels = base.images, base.labels
@@ -116,10 +121,11 @@ class CompressAugmentDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, idx):
-        if self.boxes is None or self.prob <= 0 or self._coin(idx) >= self.prob:
+        prob = max(self.prob, self.floor)
+        if (self.boxes is None and self.floor <= 0) or prob <= 0 or self._coin(idx) >= prob:
             return self.base[idx]
         stored = self.pipeline.load(self.base.images[idx])
-        box = self.boxes[idx : idx + 1]
+        box = self.boxes[idx : idx + 1] if self.boxes is not None else full_boxes(1, *stored.shape[-2:])
         image = (self.compress_fn(stored.unsqueeze(0), box) if self.compress_fn is not None
                  else compress(stored.unsqueeze(0), box, self.ratio))[0]
         return idx, self.base.trsf(to_pil(image)), self.base.labels[idx]

@@ -47,9 +47,10 @@ def augment_compressor(config: Mapping[str, Any], memory: Optional[CompressedMem
     """What CIM's compression augmentation applies to a new-class image: ``f(uint8 (B, 3, H, W), boxes (B, 4))
     -> uint8 (B, 3, H, W)``, the memory's own codec on the CPU (loader workers), JPEG at its quality included,
     so new-class images are trained on as they would be replayed. None (the raw codec) for "raw", for mask
-    mode "full" (whole-image boxes: MRDC trains on its new data as it is), and for ``"jpeg_quality": "auto"``
-    until a first ``memory`` fixes the quality."""
-    if config.get("exemplar_codec", "raw") == "raw" or config.get("cim_mask") == "full":
+    mode "full" unless ``"codec_augment_prob"`` > 0 (MRDC trains on its new data as it is), and for
+    ``"jpeg_quality": "auto"`` until a first ``memory`` fixes the quality."""
+    if config.get("exemplar_codec", "raw") == "raw" or (
+            config.get("cim_mask") == "full" and not config.get("codec_augment_prob", 0.0)):
         return None
     quality = getattr(memory, "quality", None) if memory is not None else config.get("jpeg_quality", 75)
     if quality is None or quality == "auto":
