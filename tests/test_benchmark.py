@@ -582,3 +582,34 @@ def test_codec_signature_reads_each_jpeg_runs_final_network(tmp_path):
     last = run["accuracy_matrix_cnn"][-1]  # per task: 5 classes of 8 test images each
     assert 0 < new < 100 and old > 0  # a network that learnt something, so a wrong transform would show
     assert old == pytest.approx((last[0] + last[1]) / 2, abs=0.1) and new == pytest.approx(last[2], abs=0.1)
+
+
+def test_variant_against_variant_pairs_by_seed_within_a_config_and_across_configs(tmp_path):
+    """Two CIM variants of one config, and one variant under two configs, are compared paired by seed:
+    per-seed differences, mean ± s.e.; a baseline is never a side, nor a pair of different variants
+    under different configs, nor a pair that shares fewer than two seeds."""
+    from cim_plugin.bench import pairs
+
+    aia = {("c", "cim-cim-jpeg"): {1: 60.0, 2: 64.0, 3: 59.0}, ("c", "cim-full-jpeg"): {1: 62.0, 2: 61.0, 3: 60.0},
+           ("c_aug", "cim-cim-jpeg"): {1: 66.0, 2: 65.0, 3: 61.0}, ("d", "cim-cim-jpeg"): {1: 1.0}}
+    for stem in ("c", "c_aug"):
+        for seed in (1, 2, 3):
+            fake_results(tmp_path / stem / "baseline" / f"seed_{seed}", seed=seed, aia=40.0)
+    for (stem, variant), by_seed in aia.items():
+        for seed, value in by_seed.items():
+            fake_results(tmp_path / stem / variant / f"seed_{seed}", seed=seed, aia=value, last=value - 10, cim=True)
+    groups = tables.collect_runs(tmp_path)
+    order = tables._order(groups, None)
+    rows = {(r["a"], r["b"]): r for r in pairs.pair_rows(groups, order)}
+    assert set(rows) == {(("c", "cim-cim-jpeg"), ("c", "cim-full-jpeg")),
+                         (("c", "cim-cim-jpeg"), ("c_aug", "cim-cim-jpeg"))}
+    within = rows[(("c", "cim-cim-jpeg"), ("c", "cim-full-jpeg"))]["avg_incremental_accuracy_cnn"]
+    assert within["diffs"] == [-2.0, 3.0, -1.0] and within["mean"] == pytest.approx(0.0)
+    assert within["se"] == pytest.approx(math.sqrt(7.0) / math.sqrt(3.0))  # std of (-2, 3, -1) is sqrt(7)
+    across = rows[(("c", "cim-cim-jpeg"), ("c_aug", "cim-cim-jpeg"))]["avg_incremental_accuracy_cnn"]
+    assert across["diffs"] == [-6.0, -1.0, -2.0]
+    report.build_report(tmp_path, dataset_loader=lambda config: None)
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Variant against variant" in md
+    assert "| cim-cim-jpeg (c) | cim-full-jpeg | 3 | +0.00 ± 1.53 | −2.00, +3.00, −1.00 |" in md
+    assert "| c / cim-cim-jpeg | c_aug / cim-cim-jpeg | 3 | −3.00 ± 1.53 |" in md

@@ -1,0 +1,76 @@
+"""Variant against variant: differences between two CIM variants paired by seed (e.g. CIM+JPEG minus MRDC,
+learned minus fixed-threshold masks, or one variant under two configs that differ in one key)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Tuple
+
+from .runs import BASELINE
+from .tables import mean_std
+
+FIELDS = (("avg_incremental_accuracy_cnn", "avg inc acc"), ("last_top1_cnn", "last top-1"))
+
+
+def comparable_pairs(groups, order) -> List[Tuple[Tuple[str, str], Tuple[str, str]]]:
+    """Pairs ``(a, b)`` of non-baseline arms ``(config, variant)``, a before b in ``order``, that share learner
+    and dataset and at least two seeds: every two variants of one config, and the same variant under two
+    configs (a config that changes one key beside the original)."""
+    arms = [k for k in order if k[1] != BASELINE]
+
+    def kind(key):
+        first = next(iter(groups[key].values()))
+        return first.get("learner"), first.get("dataset")
+
+    pairs = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            if (a[0] == b[0] or a[1] == b[1]) and kind(a) == kind(b) and len(set(groups[a]) & set(groups[b])) >= 2:
+                pairs.append((a, b))
+    return pairs
+
+
+def pair_rows(groups, order) -> List[Dict[str, Any]]:
+    """Per comparable pair: the seeds, and per field the per-seed differences a − b, their mean, sample
+    std and standard error (std / √seeds)."""
+    rows = []
+    for a, b in comparable_pairs(groups, order):
+        seeds = sorted(set(groups[a]) & set(groups[b]))
+        row: Dict[str, Any] = {"a": a, "b": b, "seeds": seeds}
+        for field, _ in FIELDS:
+            diffs = [groups[a][s][field] - groups[b][s][field] for s in seeds
+                     if groups[a][s].get(field) is not None and groups[b][s].get(field) is not None]
+            mean, std, n = mean_std(diffs)
+            row[field] = {"diffs": diffs, "mean": mean, "std": std, "se": std / math.sqrt(n) if n > 1 else math.nan}
+        rows.append(row)
+    return rows
+
+
+def _signed(x: float, digits: int = 2) -> str:
+    return "—" if not math.isfinite(x) else f"{x:+.{digits}f}".replace("-", "−")
+
+
+def _cell(stat: Dict[str, Any]) -> str:
+    return _signed(stat["mean"]) + ("" if not math.isfinite(stat["se"]) else f" ± {stat['se']:.2f}")
+
+
+def pairs_section(groups, order) -> List[str]:
+    """Markdown: the table of :func:`pair_rows` (nothing when no two variants compare)."""
+    rows = pair_rows(groups, order)
+    if not rows:
+        return []
+    lines = ["", "## Variant against variant (paired by seed)", "",
+             "| a | b | seeds | a − b avg inc acc (pts ± s.e.) | per seed | a − b last top-1 (pts ± s.e.) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        aia, last = r[FIELDS[0][0]], r[FIELDS[1][0]]
+        (config_a, variant_a), (config_b, variant_b) = r["a"], r["b"]
+        same = config_a == config_b
+        a = f"{variant_a} ({config_a})" if same else f"{config_a} / {variant_a}"
+        b = variant_b if same else f"{config_b} / {variant_b}"
+        lines.append("| " + " | ".join([a, b, str(len(r["seeds"])), _cell(aia),
+                                        ", ".join(_signed(d) for d in aia["diffs"]), _cell(last)]) + " |")
+    lines += ["", "Every two CIM variants of one config, and one variant under two configs of the same learner and "
+              "dataset; differences of the same seed's runs, mean ± standard error; a is ahead when "
+              "a − b − 1 s.e. > 0. Per seed in seed order."]
+    return lines
