@@ -508,3 +508,36 @@ def test_codec_augment_prob_must_be_a_probability():
     validate_cim_keys(with_defaults({"codec_augment_prob": 0.5}))
     with pytest.raises(ConfigError, match="codec_augment_prob"):
         validate_cim_keys(with_defaults({"codec_augment_prob": 1.5}))
+
+
+@requires_pycil
+@pytest.mark.parametrize("mask", ["full", "cim"])
+def test_codec_augment_prob_end_to_end_trains_on_jpeg_coded_new_images_from_phase_0(tmp_path, monkeypatch, mask):
+    """A PyCIL iCaRL run with "codec_augment_prob": 1 passes new-class training images through the memory's JPEG
+    in phase 0 already (where the official schedule has compressed none: one epoch, no refresh), for MRDC
+    ("full") and CIM+JPEG alike, and keeps bytes held <= budget."""
+    from cim_plugin.method import cim as cim_module
+
+    calls = []
+    original = cim_module.augment_compressor
+
+    def counting(config, memory=None):
+        fn = original(config, memory)
+        if fn is None:
+            return None
+
+        def wrapped(images, boxes):
+            calls.append(len(images))
+            return fn(images, boxes)
+        return wrapped
+
+    monkeypatch.setattr(cim_module, "augment_compressor", counting)
+    results, seen = _run(tmp_path, "aug", cim=True, cim_mask=mask, exemplar_codec="jpeg", jpeg_quality=50,
+                         codec_augment_prob=1.0, memory_size=10)
+    assert results["finished"] and len(results["phases"]) == 2
+    assert all(nbytes <= budget for _, nbytes, budget in seen)
+    per_phase = results["phases"]
+    assert len(calls) >= 2 * 5 * 16  # every new-class training image of both phases (5 classes x 16, 1 epoch)
+    calls.clear()
+    _run(tmp_path, "official", cim=True, cim_mask=mask, exemplar_codec="jpeg", jpeg_quality=50, memory_size=10)
+    assert calls == [] and per_phase[0]["exemplar_codec"] == "jpeg"
