@@ -21,7 +21,6 @@ terciles of the class sizes (the paper gives no numeric split).
 from __future__ import annotations
 
 import csv
-import ctypes
 import functools
 import json
 import os
@@ -256,8 +255,9 @@ def read_results(run_dir: Path) -> Optional[Dict[str, Any]]:
 def subprocess_runner(spec: RunSpec, resume: bool, threads: Optional[int] = None) -> int:
     """Run one spec as `python exps/run.py DIR/config.json --out DIR [--resume]`; output to console.log.
 
-    If the benchmark itself is interrupted (Ctrl-C, SIGTERM turned into SystemExit by the CLI), the run is
-    terminated too, so no orphan keeps training; its checkpoint lets --resume go on."""
+    If the benchmark itself is interrupted (Ctrl-C, SIGTERM turned into SystemExit by the CLI), the
+    run is terminated too, so no orphan keeps training; its checkpoint lets --resume go on.
+    """
     cmd = [sys.executable, str(RUN_SCRIPT), str(spec.dir / "config.json"), "--out", str(spec.dir)]
     if resume:
         cmd.append("--resume")
@@ -335,13 +335,6 @@ def _failure_line(run_dir: Path) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def _handle_signals() -> None:
-    """Run pending signal handlers now, in the main thread (CPython 3.11 may leave a worker's Ctrl-C pending)."""
-    check = getattr(getattr(ctypes, "pythonapi", None), "PyErr_CheckSignals", None)
-    if check is not None:
-        check()  # raises the handler's exception (KeyboardInterrupt) here
-
-
 def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpec, bool], int],
                  echo: Callable[[str], None], jobs: int = 1) -> List[RunSpec]:
     """Run every spec (skipping finished ones on resume), `jobs` at a time; returns the specs that failed.
@@ -382,7 +375,6 @@ def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpe
     try:
         pending = {pool.submit(one, k, spec) for k, spec in enumerate(runs, 1)}
         while pending:  # wake every 0.2 s: a Ctrl-C that the kernel handed to a worker thread still lands here
-            _handle_signals()
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             for future in done:
                 future.result()
