@@ -492,6 +492,9 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
             threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
 
     monkeypatch.setattr(bench_runs, "_STOP", threading.Event())
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: give this process
+    # the handler an interactive Ctrl-C meets (KeyboardInterrupt), whatever the suite was started from.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     # Python runs a signal's handler at the main thread's next bytecode; if a garbage collection of an
     # earlier test's objects ran a __del__ just then, the KeyboardInterrupt would be raised (and swallowed)
     # inside that __del__ rather than in execute_runs. Collect first and keep the collector off meanwhile.
@@ -504,6 +507,7 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
             bench_runs.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
     finally:
         gc.enable()
+        signal.signal(signal.SIGINT, previous)
     assert _time.perf_counter() - start < 30, "the interrupt waited for the runs to end"
     assert len(started) == 2
     assert all(p.poll() is not None for p in started), "a run was left running"
