@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 from .runs import BASELINE
 from .tables import mean_std
 
-FIELDS = (("avg_incremental_accuracy_cnn", "avg inc acc"), ("last_top1_cnn", "last top-1"))
+FIELDS = ("avg_incremental_accuracy_cnn", "last_top1_cnn")  # results.json keys compared
 
 
 def comparable_pairs(groups, order) -> List[Tuple[Tuple[str, str], Tuple[str, str]]]:
@@ -37,7 +37,7 @@ def pair_rows(groups, order) -> List[Dict[str, Any]]:
     for a, b in comparable_pairs(groups, order):
         seeds = sorted(set(groups[a]) & set(groups[b]))
         row: Dict[str, Any] = {"a": a, "b": b, "seeds": seeds}
-        for field, _ in FIELDS:
+        for field in FIELDS:
             diffs = [groups[a][s][field] - groups[b][s][field] for s in seeds
                      if groups[a][s].get(field) is not None and groups[b][s].get(field) is not None]
             mean, std, n = mean_std(diffs)
@@ -63,7 +63,7 @@ def pairs_section(groups, order) -> List[str]:
              "| a | b | seeds | a − b avg inc acc (pts ± s.e.) | per seed | a − b last top-1 (pts ± s.e.) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        aia, last = r[FIELDS[0][0]], r[FIELDS[1][0]]
+        aia, last = (r[field] for field in FIELDS)
         (config_a, variant_a), (config_b, variant_b) = r["a"], r["b"]
         same = config_a == config_b
         a = f"{variant_a} ({config_a})" if same else f"{config_a} / {variant_a}"
