@@ -137,6 +137,46 @@ def test_inference_path_equals_the_differentiable_path():
     assert not torch.equal(fast, torch.relu(x))  # the test would pass vacuously if the PAU were skipped
 
 
+@pytest.mark.parametrize("shape", [(3, 262_145), (8, 16, 64, 64), (1_000_003,)])
+def test_blocked_cpu_inference_is_bitwise_the_whole_tensor_pass(shape, monkeypatch):
+    """Large graph-free CPU activations run in cache-sized blocks: the same values bit for bit as one pass
+    over the whole tensor (block edges, a last partial block, both tails), and the blocked path is taken."""
+    import cim_plugin.method.pau as pau_module
+
+    torch.manual_seed(1)
+    pau = PAU(zero_at_zero=True)
+    with torch.no_grad():
+        pau.numerator.add_(0.05 * torch.randn(6))
+        pau.denominator.add_(0.05 * torch.randn(4))
+    x = 4 * torch.randn(*shape)
+    x.view(-1)[::97] = 20.0
+    x.view(-1)[::89] = -30.0
+    assert x.numel() > pau_module.CPU_BLOCK
+    calls = []
+    blocked = pau_module._activate_blocked
+    monkeypatch.setattr(pau_module, "_activate_blocked", lambda *a: calls.append(1) or blocked(*a))
+    with torch.no_grad():
+        fast = pau(x)
+        assert calls, "a large graph-free CPU input must take the blocked path"
+        monkeypatch.setattr(pau_module, "CPU_BLOCK", 1 << 62)  # one pass over the whole tensor
+        whole = pau(x)
+    assert len(calls) == 1
+    assert torch.equal(fast, whole)
+    assert fast.shape == x.shape and fast.is_contiguous()
+    assert not torch.equal(fast, torch.relu(x))
+
+
+def test_blocked_path_only_without_a_graph(monkeypatch):
+    """With a graph to build (x or φ requiring grad) the whole-tensor autograd path runs, and φ gets grads."""
+    import cim_plugin.method.pau as pau_module
+
+    monkeypatch.setattr(pau_module, "_activate_blocked", lambda *a: pytest.fail("blocked path with a graph"))
+    pau = PAU()
+    x = torch.randn(2, pau_module.CPU_BLOCK)
+    pau(x).sum().backward()
+    assert pau.numerator.grad is not None and torch.isfinite(pau.numerator.grad).all()
+
+
 def test_zero_at_zero_holds_p0_at_zero_while_phi_learns():
     pau = PAU(zero_at_zero=True)
     zero = torch.zeros(3)

@@ -30,6 +30,7 @@ DEN_DEGREE = 4
 FIT_RANGE = 3.0
 TAIL_START = 8.0  # |x| beyond which a PAU continues linearly (see PAU.forward)
 TAIL_STEP = 0.01
+CPU_BLOCK = 1 << 18  # elements per block of the graph-free CPU forward (1 MiB of float32)
 
 
 def pade(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -136,6 +137,34 @@ def _tail_points(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
                             dtype=dtype, device=device)
 
 
+def _activate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The PAU on ``x`` (any shape): :func:`pade` inside ``[-TAIL_START, TAIL_START]``, the secant slopes
+    ``low`` / ``high`` (0-d tensors) beyond it. Written into ``out`` when given (no graph then)."""
+    inner = x.clamp(-TAIL_START, TAIL_START)
+    y = pade(inner, a, b)
+    over = x - inner
+    slope = torch.where(over > 0, high, low)
+    return torch.addcmul(y, slope, over) if out is None else torch.addcmul(y, slope, over, out=out)
+
+
+def _activate_blocked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.Tensor,
+                      high: torch.Tensor) -> torch.Tensor:
+    """:func:`_activate` without a graph on a contiguous CPU tensor, in blocks of ``CPU_BLOCK`` elements.
+
+    The same operations on the same values, so bitwise the same result; but the ~20 elementwise passes
+    of a block run while it sits in the CPU cache, instead of streaming the whole activation through
+    memory ~20 times (and allocating as many temporaries of its size): 2.1× faster on a 256×16×32×32
+    activation, 3.5× on 64×64×56×56 (``benchmarks/bench_pau.py``). Not a per-image loop: blocks cut across
+    images.
+    """
+    flat = x.view(-1)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), CPU_BLOCK):
+        _activate(flat[start : start + CPU_BLOCK], a, b, low, high, out=out[start : start + CPU_BLOCK])
+    return out.view_as(x)
+
+
 class PAU(nn.Module):
     """Safe Padé activation unit ``y = P(x) / (1 + sum_k |b_k| |x|^k)``, degrees (5, 4).
 
@@ -193,8 +222,6 @@ class PAU(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(compute)
             a, b = self.coefficients(x.device, compute)
-            inner = xc.clamp(-TAIL_START, TAIL_START)
-            y = pade(inner, a, b)
             # Beyond +-TAIL_START the unit continues linearly with its own slope there (a secant over
             # TAIL_STEP): the rational part never sees huge inputs, so x^5 cannot overflow and one
             # bad batch cannot turn phi into NaN. Inside the interval nothing changes.
@@ -202,8 +229,11 @@ class PAU(nn.Module):
             wide = torch.float32 if x.device.type == "mps" else torch.float64
             v = pade(_tail_points(x.device, wide), a.to(wide), b.to(wide))
             low, high = ((v[1] - v[0]) / TAIL_STEP).to(compute), ((v[3] - v[2]) / TAIL_STEP).to(compute)
-            over = xc - inner
-            y = torch.addcmul(y, torch.where(over > 0, high, low), over)
+            graph = torch.is_grad_enabled() and (xc.requires_grad or a.requires_grad or b.requires_grad)
+            if graph or xc.device.type != "cpu" or not xc.is_contiguous() or xc.numel() <= CPU_BLOCK:
+                y = _activate(xc, a, b, low, high)
+            else:
+                y = _activate_blocked(xc, a, b, low, high)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
