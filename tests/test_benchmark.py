@@ -617,3 +617,35 @@ def test_variant_against_variant_pairs_by_seed_within_a_config_and_across_config
     assert "## Variant against variant" in md
     assert "| cim-cim-jpeg (c) | cim-full-jpeg | 3 | +0.00 ± 1.53 | −2.00, +3.00, −1.00 |" in md
     assert "| c / cim-cim-jpeg | c_aug / cim-cim-jpeg | 3 | −3.00 ± 1.53 |" in md
+
+
+def test_report_says_where_the_runs_ran_and_which_pairs_mix_platforms(tmp_path):
+    """Each run's platform (software, processor and instruction set, threads) is counted in the report, and a
+    CIM run whose baseline of the same seed ran elsewhere is named: its paired gain mixes two platforms."""
+    from cim_plugin.bench.platforms import mixed_pairs, run_platform
+    from cim_plugin.platform_info import numerics_key, platform_info
+
+    here = platform_info()
+    json.dumps(here)  # JSON-able as written into results.json
+    other = dict(here, cpu="Other CPU", cpu_capability="AVX512")
+    assert numerics_key(here) != numerics_key(other) and numerics_key(None) == "unknown"
+    for seed, (base_host, cim_host) in {1: (here, here), 2: (here, other), 3: (None, None)}.items():
+        for variant, host, aia in (("baseline", base_host, 40.0), ("cim", cim_host, 45.0)):
+            path = tmp_path / "icarl_x" / variant / f"seed_{seed}"
+            res = fake_results(path, seed=seed, aia=aia, cim=variant == "cim")
+            if host is not None:
+                res["platform"] = host
+            (path / "results.json").write_text(json.dumps(res))
+    report.build_report(tmp_path, dataset_loader=lambda config: None)
+    md = (tmp_path / "summary.md").read_text()
+    section = md[md.index("## Where the runs ran"):]
+    assert f"| {numerics_key(here)} | 3 |" in section and f"| {numerics_key(other)} | 1 |" in section
+    assert "| unknown | 2 |" in section
+    assert "Runs from 3 platforms" in section and "icarl_x/cim/seed_2" in section
+    assert "seed_1" not in section and "seed_3" not in section
+    groups = {("icarl_x", "baseline"): {1: {"platform": here}}, ("icarl_x", "cim"): {1: {"platform": here}}}
+    order = list(groups)
+    assert mixed_pairs(groups, order) == []
+    groups[("icarl_x", "cim")][1]["resumed_on"] = [other]  # phases from two platforms
+    assert run_platform(groups[("icarl_x", "cim")][1]).endswith("resumed on 1 other(s)")
+    assert mixed_pairs(groups, order) == ["icarl_x/cim/seed_1"]

@@ -61,6 +61,11 @@ def test_reproducible(baseline_runs):
 def test_results_schema(baseline_runs):
     results, _, _, stdout = baseline_runs
     assert "results:" in stdout
+    import torch
+
+    host = results["platform"]  # what decides whether a rerun can agree bit for bit
+    assert host["torch"] == torch.__version__ and host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(host["threads"], int) and host["threads"] >= 1 and host["cpu"]
     assert results["finished"] is True
     assert results["config"]["model_name"] == "icarl"
     phases = results["phases"]

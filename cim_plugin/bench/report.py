@@ -13,6 +13,7 @@ import torch
 from ..io import atomic_write_text
 from .runs import BASELINE, read_manifest
 from .pairs import pairs_section
+from .platforms import platform_section
 from .sizes import SizeInfo, _dataset_key, _load_exemplars, _predictions, load_dataset, object_size_section, size_info
 from .tables import _order, collect_runs, old_new_section, results_table, summary_rows, write_csv
 from .time_split import time_section
@@ -207,6 +208,7 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
     lines += old_new_section(groups, order)
     lines += time_section(groups, order)
     lines += object_size_section(groups, order, datasets)
+    lines += platform_section(groups, order)
 
     panels = curve_panels(groups, order)
     written["curves.png"] = plots.plot_curves(panels, out_dir / "curves.png")

@@ -28,6 +28,7 @@ from ..config import (
     with_defaults,
 )
 from ..io import write_json
+from ..platform_info import numerics_key, platform_info
 from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
 from .support import check_cim_support
 from .host import (
@@ -238,7 +239,10 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                         f"resume with the same config or choose another --out folder"
                     )
                 checkpoint.restore_learner(learner, saved["learner"])
+                here = results["platform"]
                 results, rows = saved["results"], saved["rows"]
+                if numerics_key(results.get("platform")) != numerics_key(here):  # phases from two platforms
+                    results.setdefault("resumed_on", []).append(here)
                 first_task = saved["phase"] + 1
                 checkpoint.restore_rng(ddp.own_rng(saved))
                 logging.info("resuming %s after phase %d", out_dir, saved["phase"])
@@ -310,6 +314,7 @@ def _results_skeleton(config, seed, args) -> Dict[str, Any]:
         "seed": seed,
         "cim": bool(args.get("cim")),
         "device": [str(d) for d in args["device"]],
+        "platform": platform_info(args["device"]),
         "phases": [],
         "finished": False,
     }
