@@ -27,8 +27,11 @@ CASES = [(learner, cim) for learner in ("icarl", "der", "foster") for cim in (Fa
 # the features) per run; the CNN head only on average over the six runs: on 120 training images a phase,
 # the CNN's accuracy moves by tens of points with the order of the training data alone (DER here, one
 # process, only the loader's shuffle seed changed: average CNN accuracy 33.3, 70.4 or 98.3; NME 95-100),
-# and 2 processes see another order.
-NME_TOLERANCE, CNN_MEAN_TOLERANCE = 5.0, 15.0
+# and 2 processes see another order. NME moves less, but not little: on an AVX2 machine (AMD EPYC) the baseline
+# runs gave 2 processes / 1 process iCaRL 88.3 / 100 and DER 90.8 / 100, the other four within 0.5 (on the
+# AVX-512 machine before, all six within 5). So each run's NME is held to a wide band, and their mean over the
+# six runs to a narrow one (a systematic loss under DDP moves the mean; one reshuffled run does not).
+NME_TOLERANCE, NME_MEAN_TOLERANCE, CNN_MEAN_TOLERANCE = 15.0, 5.0, 15.0
 
 
 def case_config(root: Path, learner: str, cim: bool, **overrides) -> dict:
@@ -144,6 +147,9 @@ def test_accuracy_is_close_to_the_one_process_run(six_runs, data_root, tmp_path)
     print("\n".join(f"{n} {k}: 2 processes {a:.2f}, 1 process {b:.2f}" for n, k, a, b in report))
     far = [(n, a, b) for n, k, a, b in report if k.endswith("nme") and abs(a - b) > NME_TOLERANCE]
     assert not far, far
+    nme = [(a, b) for n, k, a, b in report if k.endswith("nme")]
+    nme_gap = sum(a for a, _ in nme) / len(nme) - sum(b for _, b in nme) / len(nme)
+    assert abs(nme_gap) <= NME_MEAN_TOLERANCE, (nme_gap, nme)
     cnn = [(a, b) for n, k, a, b in report if k.endswith("cnn")]
     gap = sum(a for a, _ in cnn) / len(cnn) - sum(b for _, b in cnn) / len(cnn)
     assert abs(gap) <= CNN_MEAN_TOLERANCE, (gap, cnn)
