@@ -52,7 +52,7 @@ def whole_tensor(fn):
 
 def activation_rows(shapes, repeats):
     pau = PAU(zero_at_zero=True)
-    print(f"| activation | ReLU (ms) | PAU, whole tensor (ms) | PAU, blocked (ms) | speed-up |")
+    print("| activation | ReLU (ms) | PAU, whole tensor (ms) | PAU, blocked (ms) | speed-up |")
     print("|---|---|---|---|---|")
     for shape in shapes:
         x = torch.randn(*shape)
@@ -65,14 +65,16 @@ def activation_rows(shapes, repeats):
 
 
 def branch_rows(repeats):
-    pycil = os.path.join(REPO, "third_party", "PyCIL")
-    if not os.path.isfile(os.path.join(pycil, "utils", "inc_net.py")):
-        print("\n(PyCIL submodule absent: the network rows are skipped; run setup.sh)")
-        return
-    sys.path.insert(0, pycil)
-    from utils.inc_net import DERNet  # noqa: E402
+    from cim_plugin.pycil import import_pycil
+    from cim_plugin.pycil.host import PyCILMissing
+    from cim_plugin.pycil.network import FmapView
 
-    from cim_plugin.pycil.network import FmapView  # noqa: E402
+    try:
+        import_pycil()
+    except PyCILMissing as err:
+        print(f"\n(the network rows are skipped: {err})")
+        return
+    from utils.inc_net import DERNet
 
     torch.manual_seed(0)
     net = DERNet({"convnet_type": "resnet32", "device": ["cpu"]}, False)

@@ -145,7 +145,7 @@ def _activate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.Tens
     y = pade(inner, a, b)
     over = x - inner
     slope = torch.where(over > 0, high, low)
-    return torch.addcmul(y, slope, over) if out is None else torch.addcmul(y, slope, over, out=out)
+    return torch.addcmul(y, slope, over, out=out)
 
 
 def _activate_blocked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.Tensor,
