@@ -5,6 +5,7 @@
     python exps/benchmark.py ... --out runs/bench --resume        # go on after an interruption
     python exps/benchmark.py ... --jobs 2                         # two runs at once (one thread each on 2 cores)
     python exps/benchmark.py --report-only --out runs/bench       # rebuild tables and figures
+    python exps/benchmark.py --join runs/a runs/b --out runs/ab   # one report over several benchmark folders
 
 Writes DIR/summary.md, summary.csv, curves.png, memory.png, exemplars.png and one run folder per
 (config, variant, seed). Exit status: 0 all runs finished, 1 some failed, 2 bad input.
@@ -37,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue the benchmark in --out (finished runs are kept)")
     mode.add_argument("--overwrite", action="store_true", help="replace the benchmark in --out")
     mode.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures of --out")
+    mode.add_argument("--join", nargs="+", type=Path, metavar="DIR",
+                      help="gather the runs of these finished benchmark folders into the new folder --out "
+                           "(hard links; the sources are not changed) and draw one report over them")
     return p
 
 
@@ -54,6 +58,14 @@ def main(argv=None) -> int:
         print("error: --resume needs --out DIR (the benchmark folder to continue)", file=sys.stderr)
         return 2
     try:
+        if args.join:
+            if args.out is None or args.configs or args.seeds or args.mask_modes or args.codecs:
+                print("error: --join takes benchmark folders and --out DIR only (no configs, --seeds, --mask-modes "
+                      "or --codecs: the folders' own are kept)", file=sys.stderr)
+                return 2
+            from cim_plugin.bench.join import join_benchmarks
+            join_benchmarks(args.join, args.out)
+            args.report_only = True
         return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,
                              resume=args.resume, overwrite=args.overwrite, report_only=args.report_only,
                              jobs=args.jobs, checks=checks, codecs=args.codecs)

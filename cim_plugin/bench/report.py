@@ -173,6 +173,12 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
     if manifest:
         paths = ", ".join(f"`{e['path']}`" for e in manifest["configs"].values())
         lines.append(f"Configs {paths}; seeds {manifest['seeds']}.")
+        per_config = manifest.get("config_seeds", {})
+        if any(list(seeds) != list(manifest["seeds"]) for seeds in per_config.values()):
+            lines.append("Seeds per config: " + "; ".join(f"{s} {v}" for s, v in per_config.items()) + ".")
+        if manifest.get("joined_from"):
+            lines.append("Joined (`exps/benchmark.py --join`) from " +
+                         ", ".join(f"`{p}`" for p in manifest["joined_from"]) + ".")
     if not groups:
         lines += ["", "No finished run yet."]
         atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
@@ -232,7 +238,8 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
     lines += figures
     expected = manifest and {(s, v) for s, vs in manifest.get("variants", {}).items() for v in vs}
     if manifest:
-        missing = [f"{s}/{v}/seed_{seed}" for s, v in sorted(expected) for seed in manifest["seeds"]
+        seeds_of = manifest.get("config_seeds", {})
+        missing = [f"{s}/{v}/seed_{seed}" for s, v in sorted(expected) for seed in seeds_of.get(s, manifest["seeds"])
                    if seed not in groups.get((s, v), {})]
         if missing:
             notes.append(f"{len(missing)} run(s) not finished, left out: {', '.join(missing)}")
