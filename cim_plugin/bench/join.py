@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..config import ConfigError
 from ..io import write_json
-from .runs import MANIFEST, MANIFEST_SCHEMA, read_manifest
+from .runs import MANIFEST, MANIFEST_SCHEMA, config_keys_differing, read_manifest
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -32,16 +32,13 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _config_keys_differing(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
-    return sorted(k for k in (set(a) | set(b)) - {"device"} if a.get(k, "<unset>") != b.get(k, "<unset>"))
-
-
-def join_manifests(sources: Sequence[Path]) -> Dict[str, Any]:
-    """The joined manifest of the benchmark folders ``sources`` (ConfigError on a conflict)."""
+def join_manifests(sources: Sequence[Path]) -> Tuple[Dict[str, Any], Dict[Tuple[str, str, int], Path]]:
+    """The joined manifest of the benchmark folders ``sources``, and the source of each run
+    (config stem, variant, seed) it lists. ConfigError on a conflict."""
     configs: Dict[str, Dict[str, Any]] = {}
     variants: Dict[str, List[str]] = {}
     config_seeds: Dict[str, List[int]] = {}
-    owner: Dict[tuple, Path] = {}  # (stem, variant, seed) -> the source it comes from
+    owner: Dict[Tuple[str, str, int], Path] = {}  # (stem, variant, seed) -> the source it comes from
     mask_modes: List[str] = []
     codecs: List[str] = []
     for src in sources:
@@ -52,7 +49,7 @@ def join_manifests(sources: Sequence[Path]) -> Dict[str, Any]:
                               f"by exps/benchmark.py")
         for stem, entry in manifest["configs"].items():
             if stem in configs:
-                keys = _config_keys_differing(configs[stem]["config"], entry["config"])
+                keys = config_keys_differing(configs[stem]["config"], entry["config"])
                 if keys:
                     raise ConfigError(f"--join: config {stem!r} differs between the folders (keys {keys}); only runs "
                                       f"of the same config can share a table")
@@ -70,7 +67,7 @@ def join_manifests(sources: Sequence[Path]) -> Dict[str, Any]:
             config_seeds[stem] = sorted(set(config_seeds.get(stem, [])) | {int(s) for s in seeds})
         mask_modes += [m for m in manifest.get("mask_modes") or [] if m not in mask_modes]
         codecs += [c for c in manifest.get("codecs") or [] if c not in codecs]
-    return {
+    manifest = {
         "schema": MANIFEST_SCHEMA,
         "configs": configs,
         "seeds": sorted({s for seeds in config_seeds.values() for s in seeds}),
@@ -79,8 +76,8 @@ def join_manifests(sources: Sequence[Path]) -> Dict[str, Any]:
         "mask_modes": mask_modes or None,
         **({"codecs": codecs} if codecs else {}),
         "joined_from": [str(Path(s).resolve()) for s in sources],
-        "_owner": owner,
     }
+    return manifest, owner
 
 
 def join_benchmarks(sources: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
@@ -93,8 +90,7 @@ def join_benchmarks(sources: Sequence[Path], out_dir: Path) -> Dict[str, Any]:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"--join: {out_dir} exists and is not empty; give a new --out folder")
-    manifest = join_manifests(sources)
-    owner = manifest.pop("_owner")
+    manifest, owner = join_manifests(sources)
     for (stem, variant, seed), src in owner.items():
         run = Path(src) / stem / variant / f"seed_{seed}"
         if run.is_dir():  # a run never started has no folder; the report lists it as not finished

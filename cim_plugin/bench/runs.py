@@ -182,6 +182,11 @@ def read_manifest(out_dir: Path) -> Optional[Dict[str, Any]]:
     return manifest
 
 
+def config_keys_differing(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    """The keys two configs of one benchmark config set differently ("device" may differ)."""
+    return sorted(k for k in (set(a) | set(b)) - {"device"} if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+
 def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """What differs between two manifests, one phrase each (config keys are named; "device" may
     differ, as for the runner's own resume)."""
@@ -193,8 +198,7 @@ def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     if only_new:
         out.append(f"configs {only_new} are only in this command")
     for stem in [s for s in new_c if s in old_c]:
-        a, b = old_c[stem]["config"], new_c[stem]["config"]
-        keys = sorted(k for k in (set(a) | set(b)) - {"device"} if a.get(k, "<unset>") != b.get(k, "<unset>"))
+        keys = config_keys_differing(old_c[stem]["config"], new_c[stem]["config"])
         if keys:
             out.append(f"config {stem!r}: keys {keys} differ")
     if list(old.get("seeds", [])) != list(new.get("seeds", [])):
