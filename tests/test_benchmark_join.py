@@ -20,11 +20,11 @@ CFG = {"dataset": "synthetic", "model_name": "icarl", "memory_size": 60}
 
 
 def fake_benchmark(root, seeds_by_config, aia_of=lambda stem, variant, seed: 40.0 + seed + (5 if variant == "cim" else 0),
-                   configs=None):
+                   configs=None, baseline_only=False):
     """A benchmark folder as exps/benchmark.py leaves it: manifest + finished run folders."""
     configs = configs or {stem: {"path": f"exps/bench/{stem}.json", "config": dict(CFG)} for stem in seeds_by_config}
     seeds = sorted({s for v in seeds_by_config.values() for s in v})
-    manifest = bench_runs.make_manifest(configs, seeds, None)
+    manifest = bench_runs.make_manifest(configs, seeds, None, baseline_only=baseline_only)
     if any(sorted(v) != seeds for v in seeds_by_config.values()):  # as a joined folder's manifest says it
         manifest["config_seeds"] = {stem: sorted(v) for stem, v in seeds_by_config.items()}
     root.mkdir(parents=True)
@@ -117,3 +117,36 @@ def test_join_command_line(tmp_path):
     clash = subprocess.run([sys.executable, script, "--join", str(a1), str(a1), "--out", str(tmp_path / "k")],
                            capture_output=True, text=True, timeout=300)
     assert clash.returncode == 2 and clash.stderr.startswith("error: --join: run a/baseline/seed_1 is in both")
+
+
+def test_baseline_only_runs_no_cim_and_every_arm_is_compared_with_the_joined_reference(tmp_path):
+    """`--baseline-only` plans and runs the baseline alone; joined beside a full benchmark of the same learner,
+    the report compares each of that benchmark's arms with the reference run by run (e.g. CIM against the
+    learner with twice the memory), with the reference as b."""
+    from test_benchmark import FakeRunner
+    from cim_plugin.bench import report
+
+    config = tmp_path / "a_m2.json"
+    config.write_text(json.dumps(dict(CFG, memory_size=120)))
+    runner, out = FakeRunner(), tmp_path / "ref"
+    rc = bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+                                  baseline_only=True)
+    assert rc == 0 and [name for name, _ in runner.calls] == ["a_m2/baseline/seed_1", "a_m2/baseline/seed_2"]
+    assert json.loads((out / bench_runs.MANIFEST).read_text())["variants"] == {"a_m2": ["baseline"]}
+    with pytest.raises(ConfigError, match="--baseline-only runs no CIM variant"):
+        bench_runs.run_benchmark([config], seeds=[1], out_dir=tmp_path / "x", mask_modes=["cam"], baseline_only=True,
+                                 runner=runner, echo=lambda m: None)
+
+    gains = {1: 2.0, 2: 6.0, 3: 1.0}
+    full = fake_benchmark(tmp_path / "full", {"a": [1, 2, 3]},
+                          aia_of=lambda s, v, seed: 40.0 + (gains[seed] if v == "cim" else 0.0))
+    ref = fake_benchmark(tmp_path / "ref2", {"a_m2": [1, 2, 3]}, aia_of=lambda s, v, seed: 42.0 + seed,
+                         configs={"a_m2": {"path": "exps/bench/a_m2.json", "config": dict(CFG, memory_size=120)}},
+                         baseline_only=True)
+    joined = tmp_path / "joined"
+    join_benchmarks([full, ref], joined)
+    report.build_report(joined, dataset_loader=lambda c: None)
+    md = (joined / "summary.md").read_text()
+    assert "| a / cim | a_m2 / baseline | 3 | −1.00 ± 1.73 | −1.00, +2.00, −4.00 |" in md  # 42 + seed vs 40 + gain
+    assert "| a / baseline | a_m2 / baseline | 3 | −4.00 ± 0.58 | −3.00, −4.00, −5.00 |" in md
+    assert "a_m2 / baseline | a /" not in md  # the reference is never a

@@ -13,20 +13,24 @@ FIELDS = ("avg_incremental_accuracy_cnn", "last_top1_cnn")  # results.json keys 
 
 
 def comparable_pairs(groups, order) -> List[Tuple[Tuple[str, str], Tuple[str, str]]]:
-    """Pairs ``(a, b)`` of non-baseline arms ``(config, variant)``, a before b in ``order``, that share learner
-    and dataset and at least two seeds: every two variants of one config, and the same variant under two
-    configs (a config that changes one key beside the original)."""
-    arms = [k for k in order if k[1] != BASELINE]
+    """Pairs ``(a, b)`` of arms ``(config, variant)`` that share learner and dataset and at least two seeds:
+    every two CIM variants of one config (a before b in ``order``), the same CIM variant under two configs (a
+    config that changes one key beside the original), and every arm of another config against a reference
+    config, one run with ``--baseline-only`` (e.g. the learner with twice the memory): ``b`` is the reference."""
+    stems = list(dict.fromkeys(k[0] for k in order))
+    references = {s for s in stems if all(k[1] == BASELINE for k in order if k[0] == s)}
 
     def kind(key):
         first = next(iter(groups[key].values()))
         return first.get("learner"), first.get("dataset")
 
-    pairs = []
-    for i, a in enumerate(arms):
-        for b in arms[i + 1:]:
-            if (a[0] == b[0] or a[1] == b[1]) and kind(a) == kind(b) and len(set(groups[a]) & set(groups[b])) >= 2:
-                pairs.append((a, b))
+    def comparable(a, b):
+        return kind(a) == kind(b) and len(set(groups[a]) & set(groups[b])) >= 2
+
+    arms = [k for k in order if k[1] != BASELINE]
+    pairs = [(a, b) for i, a in enumerate(arms) for b in arms[i + 1:] if (a[0] == b[0] or a[1] == b[1]) and comparable(a, b)]
+    pairs += [(a, ref) for ref in order if ref[0] in references
+              for a in order if a[0] not in references and comparable(a, ref)]
     return pairs
 
 
@@ -70,7 +74,8 @@ def pairs_section(groups, order) -> List[str]:
         b = variant_b if same else f"{config_b} / {variant_b}"
         lines.append("| " + " | ".join([a, b, str(len(r["seeds"])), _cell(aia),
                                         ", ".join(_signed(d) for d in aia["diffs"]), _cell(last)]) + " |")
-    lines += ["", "Every two CIM variants of one config, and one variant under two configs of the same learner and "
-              "dataset; differences of the same seed's runs, mean ± standard error; a is ahead when "
+    lines += ["", "Every two CIM variants of one config, one variant under two configs of the same learner and "
+              "dataset, and every arm against a reference config run without CIM (`--baseline-only`); "
+              "differences of the same seed's runs, mean ± standard error; a is ahead when "
               "a − b − 1 s.e. > 0. Per seed in seed order."]
     return lines

@@ -24,7 +24,6 @@ import csv
 import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -32,20 +31,17 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..config import CIM_MASK_MODES, EXEMPLAR_CODECS, ConfigError, load_config
 from ..io import write_json
+from .manifest import (MANIFEST, MANIFEST_SCHEMA, REPORT_FILES, config_keys_differing,  # noqa: F401 (re-exported)
+                       manifest_differences, prepare_out_dir, read_manifest)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = REPO_ROOT / "exps" / "run.py"
 DEFAULT_SEEDS = (1993, 1994, 1995)
-MANIFEST = "benchmark.json"
-MANIFEST_SCHEMA = "cim-plugin/benchmark/1"
 BASELINE = "baseline"
-REPORT_FILES = ("summary.md", "summary.csv", "curves.png", "memory.png", "exemplars.png")
 SIZE_GROUPS = ("small", "medium", "large")
 BENCHMARK_OWNED = ("cim", "seed")  # keys the benchmark sets per run
 
@@ -67,14 +63,19 @@ class RunSpec:
 
 
 def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = None,
-                 codecs: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+                 codecs: Optional[Sequence[str]] = None, baseline_only: bool = False) -> Dict[str, Dict[str, Any]]:
     """Variant name -> the keys it sets: baseline, then "cim" or one "cim-<mode>" per mask mode, each once
     per exemplar codec of ``codecs`` ("-jpeg" appended to the name of a JPEG variant: "cim-full-jpeg").
 
     ``mask_modes`` (from the command) wins over the config's "cim_mask"; without either the
     single CIM variant "cim" uses the default mask mode. ``codecs`` wins over "exemplar_codec".
+    ``baseline_only``: the baseline alone (a reference arm, e.g. the learner with a larger memory).
     """
     out: Dict[str, Dict[str, Any]] = {BASELINE: {"cim": False}}
+    if baseline_only:
+        if mask_modes or codecs:
+            raise ConfigError("--baseline-only runs no CIM variant; drop --mask-modes and --codecs")
+        return out
     modes = list(dict.fromkeys(mask_modes)) if mask_modes else [config["cim_mask"]] if "cim_mask" in config else [None]
     for mode in modes:
         if mode is not None and mode not in CIM_MASK_MODES:
@@ -126,7 +127,7 @@ def load_benchmark_configs(paths: Sequence[str | Path], seeds: Sequence[int],
 
 
 def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Sequence[str]], checks,
-                  codecs: Optional[Sequence[str]] = None) -> None:
+                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False) -> None:
     """Check each config with ``checks.check_run`` (the runner's own checks: keys, devices, CIM support)
     before any run starts.
 
@@ -134,8 +135,8 @@ def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Seque
     "cim_mask", which :func:`variants_for` has checked), so key warnings are printed once.
     """
     for entry in configs.values():
-        variants = variants_for(entry["config"], mask_modes, codecs)
-        overrides = next(v for name, v in variants.items() if name != BASELINE)
+        variants = variants_for(entry["config"], mask_modes, codecs, baseline_only)
+        overrides = next((v for name, v in variants.items() if name != BASELINE), variants[BASELINE])
         config = dict(entry["config"], **overrides, seed=[DEFAULT_SEEDS[0]])
         try:
             checks.check_run(config)
@@ -144,12 +145,13 @@ def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Seque
 
 
 def plan_runs(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], out_dir: Path,
-              mask_modes: Optional[Sequence[str]] = None, codecs: Optional[Sequence[str]] = None) -> List[RunSpec]:
+              mask_modes: Optional[Sequence[str]] = None, codecs: Optional[Sequence[str]] = None,
+              baseline_only: bool = False) -> List[RunSpec]:
     """All runs, seed-major (every variant of seed 1 before seed 2), so early seeds give a first table."""
     runs = []
     for seed in seeds:
         for stem, entry in configs.items():
-            for variant, overrides in variants_for(entry["config"], mask_modes, codecs).items():
+            for variant, overrides in variants_for(entry["config"], mask_modes, codecs, baseline_only).items():
                 config = dict(entry["config"], **overrides)
                 config["seed"] = [int(seed)]
                 runs.append(RunSpec(stem, variant, int(seed), config, out_dir / stem / variant / f"seed_{seed}"))
@@ -157,92 +159,17 @@ def plan_runs(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], out_dir:
 
 
 # ------------------------------------------------------------------------------------- manifest
-def make_manifest(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int],
-                  mask_modes: Optional[Sequence[str]], codecs: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def make_manifest(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], mask_modes: Optional[Sequence[str]],
+                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False) -> Dict[str, Any]:
     return {
         "schema": MANIFEST_SCHEMA,
         "configs": configs,
         "seeds": [int(s) for s in seeds],
-        "variants": {stem: list(variants_for(e["config"], mask_modes, codecs)) for stem, e in configs.items()},
+        "variants": {stem: list(variants_for(e["config"], mask_modes, codecs, baseline_only))
+                     for stem, e in configs.items()},
         "mask_modes": list(mask_modes) if mask_modes else None,
         **({"codecs": list(codecs)} if codecs else {}),
     }
-
-
-def read_manifest(out_dir: Path) -> Optional[Dict[str, Any]]:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); remove it or choose another --out folder") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise ConfigError(f"{path} is not a cim-plugin benchmark manifest; choose another --out folder")
-    return manifest
-
-
-def config_keys_differing(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
-    """The keys two configs of one benchmark config set differently ("device" may differ)."""
-    return sorted(k for k in (set(a) | set(b)) - {"device"} if a.get(k, "<unset>") != b.get(k, "<unset>"))
-
-
-def manifest_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """What differs between two manifests, one phrase each (config keys are named; "device" may
-    differ, as for the runner's own resume)."""
-    out = []
-    old_c, new_c = old.get("configs", {}), new.get("configs", {})
-    only_old, only_new = sorted(set(old_c) - set(new_c)), sorted(set(new_c) - set(old_c))
-    if only_old:
-        out.append(f"configs {only_old} are only in the folder")
-    if only_new:
-        out.append(f"configs {only_new} are only in this command")
-    for stem in [s for s in new_c if s in old_c]:
-        keys = config_keys_differing(old_c[stem]["config"], new_c[stem]["config"])
-        if keys:
-            out.append(f"config {stem!r}: keys {keys} differ")
-    if list(old.get("seeds", [])) != list(new.get("seeds", [])):
-        out.append(f"seeds {old.get('seeds')} in the folder vs {new.get('seeds')} now")
-    if old.get("variants") != new.get("variants") and not only_old and not only_new:
-        out.append(f"variants {old.get('variants')} in the folder vs {new.get('variants')} now")
-    return out
-
-
-def prepare_out_dir(out_dir: Path, manifest: Dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding another benchmark (unless resume/overwrite); write the manifest.
-
-    resume: the folder's manifest must match (else ConfigError naming the differing keys).
-    overwrite: the old benchmark's run folders and report files are deleted first.
-    A non-empty folder without a manifest is never touched.
-    """
-    out_dir = Path(out_dir)
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other; pass one")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; give a folder")
-    old = read_manifest(out_dir) if out_dir.exists() else None
-    if old is None and out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"{out_dir} is not empty and holds no benchmark ({MANIFEST} is missing); "
-                          f"choose another --out folder")
-    if old is not None:
-        if resume:
-            diffs = manifest_differences(old, manifest)
-            if diffs:
-                raise ConfigError(f"{out_dir} holds a benchmark of a different setup: {'; '.join(diffs)}. "
-                                  f"Resume with the same configs and --seeds, or choose another --out folder")
-        elif overwrite:
-            for stem in old.get("configs", {}):
-                target = out_dir / stem
-                if target.is_dir() and target.resolve().parent == out_dir.resolve():
-                    shutil.rmtree(target)
-            for name in REPORT_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-        else:
-            stems = sorted(old.get("configs", {}))
-            raise ConfigError(f"{out_dir} already holds a benchmark (configs {stems}, seeds {old.get('seeds')}); "
-                              f"pass --resume to continue it, --overwrite to replace it, or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / MANIFEST, manifest)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -396,14 +323,15 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
                   resume: bool = False, overwrite: bool = False, report_only: bool = False,
                   runner: Callable[[RunSpec, bool], int] = subprocess_runner,
                   echo: Callable[[str], None] = print, warn: Optional[Callable[[str], None]] = None,
-                  validate: bool = True, jobs: int = 1, checks=None, codecs: Optional[Sequence[str]] = None) -> int:
+                  validate: bool = True, jobs: int = 1, checks=None, codecs: Optional[Sequence[str]] = None,
+                  baseline_only: bool = False) -> int:
     """The benchmark command. Returns 0 when every run finished, 1 when some failed (the report is
     written from the others). Bad input raises ConfigError (the CLI prints it and exits 2).
 
     ``runner(spec, resume) -> exit code`` runs one spec (tests pass a fake); ``checks`` is the host's
     config checks (``cim_plugin.pycil.checks``: learner names, and with ``validate`` every variant's config
     as the runner would check it, before the first run); ``jobs`` runs that many specs at once (each in its
-    own process).
+    own process); ``baseline_only`` runs only the baseline of each config (no CIM variant).
     """
     from .report import build_report
 
@@ -426,14 +354,14 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
         raise ConfigError(f"--seeds has repeated values {seeds}; give each seed once")
     configs = load_benchmark_configs(config_paths, seeds, warn, checks)
     if validate and checks is not None:
-        validate_runs(configs, mask_modes, checks, codecs)
+        validate_runs(configs, mask_modes, checks, codecs, baseline_only)
     if out_dir is None:
         out_dir = Path("runs") / f"benchmark_{'_'.join(configs)}_{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, make_manifest(configs, seeds, mask_modes, codecs), resume, overwrite)
-    runs = plan_runs(configs, seeds, out_dir, mask_modes, codecs)
-    echo(f"benchmark: {len(runs)} runs ({len(configs)} config(s), seeds {seeds}, baseline and CIM variants) "
-         f"into {out_dir}")
+    prepare_out_dir(out_dir, make_manifest(configs, seeds, mask_modes, codecs, baseline_only), resume, overwrite)
+    runs = plan_runs(configs, seeds, out_dir, mask_modes, codecs, baseline_only)
+    echo(f"benchmark: {len(runs)} runs ({len(configs)} config(s), seeds {seeds}, "
+         f"{'the baseline only' if baseline_only else 'baseline and CIM variants'}) into {out_dir}")
     if runner is subprocess_runner and jobs > 1:
         runner = functools.partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // jobs))
     failed = execute_runs(runs, resume, runner, echo, jobs=jobs)
