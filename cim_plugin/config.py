@@ -24,6 +24,7 @@ CIM_DEFAULTS: Dict[str, Any] = {
     "compress_ratio": 4.0,
     "mask_threshold": 0.6,
     "phi_lr": 0.01,
+    "phi_lr_schedule": "host",
     "lr_ratio": 0.1,
     "max_phi_grad_norm": 1.0,
     "meta_batch_size": 16,
@@ -37,6 +38,7 @@ CIM_DEFAULTS: Dict[str, Any] = {
     "jpeg_quality": 75,
 }
 CIM_MASK_MODES = ("cim", "cam", "random", "center", "full")
+PHI_LR_SCHEDULES = ("host", "constant")
 EXEMPLAR_CODECS = ("raw", "jpeg")
 
 # Keys read by the runner itself (not by PyCIL).
@@ -120,6 +122,10 @@ def validate_cim_keys(config: Dict[str, Any]) -> None:
     _require_number(config, "compress_ratio", low=1.0, low_open=True)
     _require_number(config, "mask_threshold", low=0.0, high=1.0, low_open=True, high_open=True)
     _require_number(config, "phi_lr", low=0.0, low_open=True)
+    if config["phi_lr_schedule"] not in PHI_LR_SCHEDULES:
+        raise ConfigError(f'"phi_lr_schedule" must be one of {list(PHI_LR_SCHEDULES)} ("host": φ\'s lr follows the CIL '
+                          f'optimiser\'s schedule, as the official code; "constant": phi_lr throughout), got '
+                          f'{config["phi_lr_schedule"]!r}')
     _require_number(config, "lr_ratio", low=0.0)
     _require_number(config, "max_phi_grad_norm", low=0.0, low_open=True)
     _require_number(config, "meta_batch_size", low=1, integer=True)

@@ -136,7 +136,7 @@ def test_copy_block_copies_one_backbones_paus_onto_another():
 
 
 # ----------------------------------------------------------------------------- the mixin, end to end
-def _spy_run(tmp_path, monkeypatch, learner):
+def _spy_run(tmp_path, monkeypatch, learner, **extra):
     """Run `learner` + CIM (2 phases, 3 epochs, lr milestone after 2) in-process; return what the spies saw."""
     from cim_plugin.method.cim import CIM
     from cim_plugin.pycil.mixin import CIMMixin
@@ -150,7 +150,7 @@ def _spy_run(tmp_path, monkeypatch, learner):
         common.update(epochs=3, milestones=[2], memory_size=60)
     else:
         common.update(init_epoch=3, epochs=3, init_milestones=[2], milestones=[2])
-    config = prepare(tiny_learner_config(learner, **common))
+    config = prepare(tiny_learner_config(learner, **common, **extra))
     seen = {"loss": [], "batch": [], "branch": [], "herd": [], "learner": None, "cil_wd": {}}
 
     orig_epoch = CIMMixin._cim_on_epoch
@@ -280,6 +280,9 @@ def test_meta_steps_follow_the_official_code(tmp_path, monkeypatch, learner, los
         assert per_round >= 1 and len(lrs) == 3 * per_round
         got = [lrs[r * per_round] for r in range(3)]
         assert got == pytest.approx(expected, rel=1e-6), (task, got, expected)
+        # φ's lr follows the same schedule, from phi_lr at the phase's first lr
+        phi = [log[r * per_round]["phi_lr"] for r in range(3)]
+        assert phi == pytest.approx([config["phi_lr"] * e / base for e in expected], rel=1e-6), (task, phi)
 
     # (7) a fresh φ optimiser each phase, with the CIL optimiser's weight decay
     branch = seen["branch"]
@@ -334,3 +337,15 @@ def test_cim_leaves_the_hosts_random_stream_alone(tmp_path, learner):
     assert base.keys() == cim.keys()
     for key in base:
         assert torch.equal(base[key], cim[key]), f"phase-0 {key} differs between baseline and CIM"
+
+
+@requires_pycil
+def test_phi_lr_schedule_constant_keeps_phi_lr_while_the_inner_lr_anneals(tmp_path, monkeypatch):
+    """"phi_lr_schedule": "constant": φ's Adam keeps phi_lr through FOSTER's cosine, which still sets the inner
+    step; the default "host" anneals both (test above)."""
+    results, seen, config = _spy_run(tmp_path, monkeypatch, "foster", phi_lr_schedule="constant", phi_lr=0.003)
+    assert results["finished"]
+    for log in seen["meta_log"]:
+        assert {s["phi_lr"] for s in log} == {0.003}
+        inner = [s["inner_lr"] for s in log]
+        assert inner[0] > inner[-1] > 0  # the cosine still sets the inner step

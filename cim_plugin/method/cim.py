@@ -35,7 +35,7 @@ from .herding import herding_order
 from .memory import CompressedMemory
 from .jpeg_auto import choose_quality
 from .memory_kinds import augment_compressor, make_memory, memory_from_state
-from .records import class_means, exemplar_record
+from .records import class_means, exemplar_record, phase_report
 from .rng import random_streams_untouched
 from .timing import codec_seconds, timed
 
@@ -350,8 +350,9 @@ class CIM:
                 x, y = self._meta_batch(source, chosen)
                 x_in, x_out = x[:half], x[half:]
                 branch = self._ensure_branch(network, x_in)
-                for group in self.phi_optimizer.param_groups:  # φ follows the host's lr schedule
-                    group["lr"] = cfg["phi_lr"] * (lr / lr0 if lr0 > 0 else 1.0)
+                follow = cfg.get("phi_lr_schedule", "host") == "host"  # φ follows the host's lr schedule
+                for group in self.phi_optimizer.param_groups:
+                    group["lr"] = cfg["phi_lr"] * (lr / lr0 if follow and lr0 > 0 else 1.0)
                 stats = meta_step(
                     network=network, branch=branch, phi_optimizer=self.phi_optimizer,
                     x_inner=x_in, y_inner=y[:half], x_inner_degraded=degrade(x_in, cfg["compress_ratio"]),
@@ -363,6 +364,7 @@ class CIM:
                     grad_reduce=None if self.replica is None else self.replica.average,
                 )
                 stats["memory_items"] = float((chosen >= len(dataset.base)).sum())
+                stats["phi_lr"] = float(self.phi_optimizer.param_groups[0]["lr"])
                 self.meta_log.append(stats)
 
     def _branch_cams(self, network: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -387,25 +389,7 @@ class CIM:
     # -- reporting and state -----------------------------------------------------------------
     def report(self) -> Dict[str, Any]:
         """The memory after a phase (exemplars, real bytes held, budget, box areas) and CIM's own work."""
-        memory = self.memory
-        counts = torch.bincount(memory.labels, minlength=self.total)[: self.total]
-        sizes = memory.sizes.double()
-        areas = (memory.boxes[:, 2] - memory.boxes[:, 0]).double() * (memory.boxes[:, 3] - memory.boxes[:, 1]).double()
-        full = sizes[:, 0] * sizes[:, 1]
-        return {
-            "exemplars": len(memory), "memory_bytes": int(memory.nbytes),
-            "memory_budget_bytes": self.budget_bytes(), "image_bytes": self.image_bytes,
-            "exemplars_per_class": {"min": int(counts.min()), "mean": float(counts.double().mean()),
-                                    "max": int(counts.max())},
-            "exemplars_per_class_counts": [int(c) for c in counts],
-            "mean_box_fraction": float((areas / full).mean()),
-            "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
-            "cim_mask": self.config["cim_mask"], "exemplar_codec": memory.codec, "meta_steps": len(self.meta_log),
-            "mask_mean": float(np.mean([m["mask_mean"] for m in self.meta_log])) if self.meta_log else None,
-            "seconds": {**{k: round(v, 3) for k, v in self.seconds.items()},  # codec: encode + decode, all parts
-                        "codec": round(codec_seconds(memory) - self.codec_start, 3)}, "calls": dict(self.calls),
-            "jpeg_quality": getattr(memory, "quality", None), "jpeg_auto": getattr(self, "jpeg_auto", None),
-        }
+        return phase_report(self)
 
     def exemplar_record(self) -> Dict[str, Any]:
         """Where each exemplar came from: labels, source index, box, and the CAMs kept for figures."""

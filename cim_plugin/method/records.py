@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from .memory import CompressedMemory
+from .timing import codec_seconds
 
-__all__ = ["exemplar_record", "class_means"]
+__all__ = ["exemplar_record", "class_means", "phase_report"]
 
 
 def exemplar_record(memory: CompressedMemory, sources: Dict[int, torch.Tensor],
@@ -55,3 +56,28 @@ def class_means(memory: CompressedMemory, total: int,
         mean = F.normalize(features.double(), dim=1).mean(0)
         means[class_idx] = (mean / mean.norm()).numpy()
     return means if means is not None else np.zeros((total, 0))
+
+
+def phase_report(cim) -> Dict[str, Any]:
+    """What :meth:`CIM.report` returns after a phase: the memory (exemplars, real bytes held, budget, box
+    areas, cost per exemplar in full-image units), CIM's own work (meta steps, mean kept fraction of the
+    masks, seconds and calls per part, codec seconds) and the JPEG quality used."""
+    memory = cim.memory
+    counts = torch.bincount(memory.labels, minlength=cim.total)[: cim.total]
+    sizes = memory.sizes.double()
+    areas = (memory.boxes[:, 2] - memory.boxes[:, 0]).double() * (memory.boxes[:, 3] - memory.boxes[:, 1]).double()
+    full = sizes[:, 0] * sizes[:, 1]
+    return {
+        "exemplars": len(memory), "memory_bytes": int(memory.nbytes),
+        "memory_budget_bytes": cim.budget_bytes(), "image_bytes": cim.image_bytes,
+        "exemplars_per_class": {"min": int(counts.min()), "mean": float(counts.double().mean()),
+                                "max": int(counts.max())},
+        "exemplars_per_class_counts": [int(c) for c in counts],
+        "mean_box_fraction": float((areas / full).mean()),
+        "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
+        "cim_mask": cim.config["cim_mask"], "exemplar_codec": memory.codec, "meta_steps": len(cim.meta_log),
+        "mask_mean": float(np.mean([m["mask_mean"] for m in cim.meta_log])) if cim.meta_log else None,
+        "seconds": {**{k: round(v, 3) for k, v in cim.seconds.items()},  # codec: encode + decode, all parts
+                    "codec": round(codec_seconds(memory) - cim.codec_start, 3)}, "calls": dict(cim.calls),
+        "jpeg_quality": getattr(memory, "quality", None), "jpeg_auto": getattr(cim, "jpeg_auto", None),
+    }
