@@ -532,6 +532,31 @@ def test_old_and_new_class_accuracy_per_phase():
     assert "| c | cim | 2 | 17.50 ± 3.54 | 60.00 ± 14.14 | 8.0 ± 0.0 | 0.300 ± 0.141 |" in text
 
 
+def test_recency_table_counts_where_old_and_new_test_images_go(tmp_path):
+    """After the last phase (ids below the classes known before it are old): old top-1, old images predicted as
+    a new class, new top-1, new predicted as old, in %, mean ± std over the runs that have predictions.npz."""
+    from cim_plugin.bench.recency import recency_rows, recency_section, recency_split
+
+    split = recency_split(np.array([0, 1, 2, 3, 4, 5]), np.array([0, 4, 5, 3, 1, 5]), known=4)
+    assert split == {"old_top1": 50.0, "old_to_new": 50.0, "new_top1": 50.0, "new_to_old": 50.0}
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    for seed, y_pred in ((1, [0, 2, 1, 1, 2, 2]), (2, [2, 2, 2, 1, 2, 0])):
+        res = fake_results(tmp_path / "c" / "cim" / f"seed_{seed}", seed=seed, cim=True)
+        np.savez(tmp_path / "c" / "cim" / f"seed_{seed}" / "predictions.npz", y_true=y_true, y_pred=np.array(y_pred),
+                 test_index=np.arange(6), class_order=np.arange(3))
+        assert res["phases"][-2]["classes"] == 2  # fake_results: 2 classes per phase, two phases
+    fake_results(tmp_path / "c" / "baseline" / "seed_1", seed=1)  # no predictions.npz: left out
+    groups = tables.collect_runs(tmp_path)
+    rows = recency_rows(groups, [("c", "baseline"), ("c", "cim")])
+    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    # seed 1: old 3/4 right, 1/4 called new, new all right; seed 2: old 1/4 right, 3/4 called new, new 1/2 called old
+    assert rows[0]["old_top1"] == pytest.approx((50.0, math.sqrt(2 * 25.0 ** 2)))
+    assert rows[0]["old_to_new"][0] == pytest.approx(50.0) and rows[0]["new_top1"][0] == pytest.approx(75.0)
+    assert rows[0]["new_to_old"][0] == pytest.approx(25.0)
+    text = "\n".join(recency_section(groups, [("c", "baseline"), ("c", "cim")]))
+    assert "| c | cim | 2 | " in text and "| c | baseline |" not in text
+
+
 def test_time_table_splits_each_run_into_its_parts():
     """Per run the phases are summed: epochs = train_s - meta - refresh, rest = wall - train_s - build;
     mean ± std over seeds. The baseline (no CIM seconds) is all epochs and rest."""

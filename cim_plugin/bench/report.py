@@ -14,6 +14,7 @@ from ..io import atomic_write_text
 from .runs import BASELINE, read_manifest
 from .pairs import pairs_section
 from .platforms import platform_section
+from .recency import recency_section
 from .sizes import SizeInfo, _dataset_key, _load_exemplars, _predictions, load_dataset, object_size_section, size_info
 from .tables import _order, collect_runs, old_new_section, results_table, summary_rows, write_csv
 from .time_split import time_section
@@ -212,6 +213,7 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
         "of the variant / of the baseline over the same seeds. Memory is the bytes held after the last phase."]
     lines += pairs_section(groups, order)
     lines += old_new_section(groups, order)
+    lines += recency_section(groups, order)
     lines += time_section(groups, order)
     lines += object_size_section(groups, order, datasets)
     lines += platform_section(groups, order)
