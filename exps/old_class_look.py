@@ -1,0 +1,150 @@
+"""How a benchmark's final networks see their old classes: clean, in the stored look, and on the memory itself.
+
+For every finished run of one or more benchmark folders on a dataset with true object boxes (synthetic,
+Tiny-ImageNet), the last phase's network (checkpoint.pt) is evaluated on
+
+* the test set **clean**: top-1 on the old classes (earlier phases), on the new ones (last phase), and
+  the share of old-class images called a new class;
+* the test set **in the stored look**: each image compressed as CIM stores an exemplar (raw codec), the
+  true object box grown about its centre to ``--box-area`` of the image kept at full resolution and the
+  rest at 1/``compress_ratio`` of the pixels. If a network told old from new classes by the look of the
+  replayed exemplars, its old classes would score higher here than clean;
+* the run's **own memory** after the last phase, old classes only: top-1 on the stored exemplars as they
+  are replayed (decoded; CIM runs) and on the clean training images they were made from (every run).
+  How well a network fits the exemplars it replayed, against how well that carries to the test set.
+
+Prints one row per run, then the mean over seeds of each (config, variant):
+
+    .venv/bin/python exps/old_class_look.py runs/bench10 [runs/m120 ...]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "third_party" / "PyCIL")]  # the pickled network needs PyCIL's modules
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cim_plugin.bench import sizes  # noqa: E402
+from cim_plugin.method.codec import compress  # noqa: E402
+from cim_plugin.method.memory_kinds import load_memory  # noqa: E402
+
+COLUMNS = ("clean old", "clean new", "clean old called new", "stored look old", "stored look new",
+           "stored look old called new", "memory decoded", "memory clean originals")
+
+
+def grow_boxes(boxes: torch.Tensor, H: int, W: int, fraction: float) -> torch.Tensor:
+    """Boxes (N, 4) int64 x0, y0, x1, y1 (exclusive ends) grown about their centres, each side by the same
+    factor, to at least ``fraction`` of the H x W image, shifted back inside it. A box already that large
+    is kept. Returns int64 (N, 4)."""
+    b = boxes.double()
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    scale = (fraction * H * W / (w * h).clamp(min=1)).sqrt().clamp(min=1)
+    nw, nh = (w * scale).round().clamp(1, W), (h * scale).round().clamp(1, H)
+    x0 = ((b[:, 0] + b[:, 2] - nw) / 2).round().clamp(0, None)
+    y0 = ((b[:, 1] + b[:, 3] - nh) / 2).round().clamp(0, None)
+    x0, y0 = torch.minimum(x0, W - nw), torch.minimum(y0, H - nh)
+    return torch.stack([x0, y0, x0 + nw, y0 + nh], 1).long()
+
+
+class Evaluator:
+    """Top-1 of a network on uint8 images, through the dataset's own normalisation."""
+
+    def __init__(self, net, idata):
+        self.net = net.eval()
+        norm = idata.common_trsf[0]
+        self.mean = torch.tensor(norm.mean)[:, None, None]
+        self.std = torch.tensor(norm.std)[:, None, None]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> predicted class (N,)."""
+        with torch.no_grad():
+            return torch.cat([self.net(((x[i:i + 256].float() / 255) - self.mean) / self.std)["logits"].argmax(1)
+                              for i in range(0, len(x), 256)])
+
+
+def _pct(hit: torch.Tensor) -> float:
+    return float(hit.float().mean() * 100) if len(hit) else float("nan")
+
+
+def evaluate(run: Path, idata, box_area: float) -> dict:
+    """The COLUMNS of one run (percent; NaN where a run has no such number)."""
+    result = json.loads((run / "results.json").read_text())
+    config = result["config"]
+    remap = np.argsort(np.asarray(np.load(run / "predictions.npz")["class_order"]))
+    learner = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["learner"]
+    ev = Evaluator(learner["_network"], idata)
+    n_old = int(result["phases"][-1]["classes"]) - int(config["increment"])
+    y = torch.as_tensor(remap[np.asarray(idata.test_targets)])
+    x = torch.as_tensor(np.asarray(idata.test_data)).permute(0, 3, 1, 2).contiguous()
+    H, W = x.shape[-2:]
+    boxes = grow_boxes(torch.as_tensor(np.asarray(idata.test_boxes)), H, W, box_area)
+    old = y < n_old
+    out = {}
+    for name, xs in (("clean", x), ("stored look", compress(x, boxes, float(config.get("compress_ratio", 4.0))))):
+        p = ev.predict(xs)
+        out[f"{name} old"], out[f"{name} new"] = _pct(p[old] == y[old]), _pct(p[~old] == y[~old])
+        out[f"{name} old called new"] = _pct(p[old] >= n_old)
+    train = torch.as_tensor(np.asarray(idata.train_data)).permute(0, 3, 1, 2)
+    out["memory decoded"] = float("nan")
+    if (run / "memory.pt").exists() and (run / "exemplars.pt").exists():
+        memory = load_memory(run / "memory.pt")
+        labels = memory.labels
+        keep = (labels < n_old).nonzero().squeeze(1)
+        source = torch.load(run / "exemplars.pt", weights_only=False)["source_index"][keep]
+        decoded = torch.cat([memory.decode(keep[i:i + 512]) for i in range(0, len(keep), 512)])
+        out["memory decoded"] = _pct(ev.predict(decoded) == labels[keep])
+        out["memory clean originals"] = _pct(ev.predict(train[source].contiguous()) == labels[keep])
+    else:  # a PyCIL baseline keeps its exemplars as images in the learner
+        images = torch.as_tensor(np.asarray(learner["_data_memory"])).permute(0, 3, 1, 2).contiguous()
+        labels = torch.as_tensor(np.asarray(learner["_targets_memory"])).long()
+        keep = labels < n_old
+        out["memory clean originals"] = _pct(ev.predict(images[keep]) == labels[keep])
+    return out
+
+
+def finished_runs(folder: Path):
+    """(config, variant, seed, run dir) of every finished run under a benchmark folder."""
+    for res in sorted(folder.glob("*/*/seed_*/results.json")):
+        run = res.parent
+        if json.loads(res.read_text()).get("finished") and (run / "checkpoint.pt").exists():
+            yield run.parent.parent.name, run.parent.name, int(run.name[5:]), run
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="finished benchmark folders")
+    parser.add_argument("--box-area", type=float, default=0.25,
+                        help="fraction of the image the stored look keeps at full resolution (default 0.25, "
+                             "about the learned boxes' mean area on the synthetic benchmark)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    datasets, rows = {}, defaultdict(list)
+    print("config | variant | seed | " + " | ".join(COLUMNS))
+    for folder in args.folders:
+        for config_name, variant, seed, run in finished_runs(folder):
+            config = json.loads((run / "results.json").read_text())["config"]
+            key = sizes._dataset_key(config)
+            if key not in datasets:
+                datasets[key] = sizes.load_dataset(config)
+            idata = datasets[key]
+            if idata is None or getattr(idata, "test_boxes", None) is None:
+                print(f"{run}: skipped, its dataset has no true object boxes", file=sys.stderr)
+                continue
+            r = evaluate(run, idata, args.box_area)
+            rows[(config_name, variant)].append(r)
+            print(f"{config_name} | {variant} | {seed} | " + " | ".join(f"{r[c]:.1f}" for c in COLUMNS), flush=True)
+    print("\nmean over seeds\nconfig | variant | seeds | " + " | ".join(COLUMNS))
+    for (config_name, variant), rs in rows.items():
+        means = [statistics.fmean(r[c] for r in rs) for c in COLUMNS]
+        print(f"{config_name} | {variant} | {len(rs)} | " + " | ".join(f"{m:.1f}" for m in means))
+
+
+if __name__ == "__main__":
+    main()
