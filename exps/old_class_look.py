@@ -9,6 +9,13 @@ Tiny-ImageNet), the last phase's network (checkpoint.pt) is evaluated on
   true object box grown about its centre to ``--box-area`` of the image kept at full resolution and the
   rest at 1/``compress_ratio`` of the pixels. If a network told old from new classes by the look of the
   replayed exemplars, its old classes would score higher here than clean;
+* the same clean test images with each group's own logits only: **old among old** (top-1 of old-class
+  images over the old classes' logits) and **new among new**: how well the network tells old classes
+  apart, with the recency bias (old images called new) taken out;
+* with ``--backbones``, for networks with one backbone per phase (DER's ``convnets``): each backbone's
+  features alone, old-class test images by the nearest mean of the old classes' clean training images
+  (cosine, L2-normalised features), which asks what each backbone's representation knows of the old
+  classes whatever the classifier does with it;
 * the run's **own memory** after the last phase, old classes only: top-1 on the stored exemplars as they
   are replayed (decoded; CIM runs) and on the clean training images they were made from (every run).
   How well a network fits the exemplars it replayed, against how well that carries to the test set.
@@ -20,6 +27,7 @@ Prints one row per run, then the mean over seeds of each (config, variant):
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -30,13 +38,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "third_party" / "PyCIL")]  # the pickled n
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from cim_plugin.bench import sizes  # noqa: E402
 from cim_plugin.method.codec import compress  # noqa: E402
 from cim_plugin.method.memory_kinds import load_memory  # noqa: E402
 
-COLUMNS = ("clean old", "clean new", "clean old called new", "stored look old", "stored look new",
-           "stored look old called new", "memory decoded", "memory clean originals")
+COLUMNS = ("clean old", "clean new", "clean old called new", "old among old", "new among new", "stored look old",
+           "stored look new", "stored look old called new", "memory decoded", "memory clean originals")
+BACKBONES = "backbones NCM old (oldest first)"
 
 
 def grow_boxes(boxes: torch.Tensor, H: int, W: int, fraction: float) -> torch.Tensor:
@@ -62,18 +72,38 @@ class Evaluator:
         self.mean = torch.tensor(norm.mean)[:, None, None]
         self.std = torch.tensor(norm.std)[:, None, None]
 
+    def _batches(self, x: torch.Tensor):
+        for i in range(0, len(x), 256):
+            yield ((x[i:i + 256].float() / 255) - self.mean) / self.std
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> logits (N, classes seen)."""
+        with torch.no_grad():
+            return torch.cat([self.net(t)["logits"] for t in self._batches(x)])
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> predicted class (N,)."""
+        return self.logits(x).argmax(1)
+
+    def backbone_features(self, x: torch.Tensor):
+        """uint8 (N, 3, H, W) -> [L2-normalised features (N, D) of each backbone], oldest first."""
         with torch.no_grad():
-            return torch.cat([self.net(((x[i:i + 256].float() / 255) - self.mean) / self.std)["logits"].argmax(1)
-                              for i in range(0, len(x), 256)])
+            return [F.normalize(torch.cat([convnet(t)["features"] for t in self._batches(x)]), dim=1)
+                    for convnet in self.net.convnets]
+
+
+def nearest_mean_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                      classes: int) -> float:
+    """Top-1 (%) of test features (N, D) by cosine to the normalised mean of each class's train features."""
+    means = F.normalize(torch.stack([train_f[train_y == c].mean(0) for c in range(classes)]), dim=1)
+    return _pct((test_f @ means.T).argmax(1) == test_y)
 
 
 def _pct(hit: torch.Tensor) -> float:
     return float(hit.float().mean() * 100) if len(hit) else float("nan")
 
 
-def evaluate(run: Path, idata, box_area: float) -> dict:
+def evaluate(run: Path, idata, box_area: float, backbones: bool = False) -> dict:
     """The COLUMNS of one run (percent; NaN where a run has no such number)."""
     result = json.loads((run / "results.json").read_text())
     config = result["config"]
@@ -88,10 +118,20 @@ def evaluate(run: Path, idata, box_area: float) -> dict:
     old = y < n_old
     out = {}
     for name, xs in (("clean", x), ("stored look", compress(x, boxes, float(config.get("compress_ratio", 4.0))))):
-        p = ev.predict(xs)
+        logits = ev.logits(xs)
+        p = logits.argmax(1)
+        if name == "clean":
+            out["old among old"] = _pct(logits[old, :n_old].argmax(1) == y[old])
+            out["new among new"] = _pct(logits[~old, n_old:].argmax(1) + n_old == y[~old])
         out[f"{name} old"], out[f"{name} new"] = _pct(p[old] == y[old]), _pct(p[~old] == y[~old])
         out[f"{name} old called new"] = _pct(p[old] >= n_old)
     train = torch.as_tensor(np.asarray(idata.train_data)).permute(0, 3, 1, 2)
+    if backbones and hasattr(ev.net, "convnets"):
+        train_y = torch.as_tensor(remap[np.asarray(idata.train_targets)])
+        train_old = train_y < n_old
+        features = zip(ev.backbone_features(train[train_old].contiguous()), ev.backbone_features(x[old]))
+        out[BACKBONES] = [nearest_mean_top1(train_f, train_y[train_old], test_f, y[old], n_old)
+                          for train_f, test_f in features]
     out["memory decoded"] = float("nan")
     if (run / "memory.pt").exists() and (run / "exemplars.pt").exists():
         memory = load_memory(run / "memory.pt")
@@ -109,6 +149,15 @@ def evaluate(run: Path, idata, box_area: float) -> dict:
     return out
 
 
+def _cell(values) -> str:
+    """The mean over runs of one column: a number, or per backbone ("a / b / c") when each run has a list."""
+    if isinstance(values[0], list):
+        if len({len(v) for v in values}) > 1:
+            return "—"
+        return " / ".join(f"{statistics.fmean(v[k] for v in values):.1f}" for k in range(len(values[0])))
+    return f"{statistics.fmean(values):.1f}"
+
+
 def finished_runs(folder: Path):
     """(config, variant, seed, run dir) of every finished run under a benchmark folder."""
     for res in sorted(folder.glob("*/*/seed_*/results.json")):
@@ -120,13 +169,16 @@ def finished_runs(folder: Path):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="finished benchmark folders")
+    parser.add_argument("--backbones", action="store_true",
+                        help="also each backbone's features alone (networks with one backbone per phase, e.g. DER)")
     parser.add_argument("--box-area", type=float, default=0.25,
                         help="fraction of the image the stored look keeps at full resolution (default 0.25, "
                              "about the learned boxes' mean area on the synthetic benchmark)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     datasets, rows = {}, defaultdict(list)
-    print("config | variant | seed | " + " | ".join(COLUMNS))
+    columns = COLUMNS + ((BACKBONES,) if args.backbones else ())
+    print("config | variant | seed | " + " | ".join(columns))
     for folder in args.folders:
         for config_name, variant, seed, run in finished_runs(folder):
             config = json.loads((run / "results.json").read_text())["config"]
@@ -137,13 +189,14 @@ def main(argv=None) -> None:
             if idata is None or getattr(idata, "test_boxes", None) is None:
                 print(f"{run}: skipped, its dataset has no true object boxes", file=sys.stderr)
                 continue
-            r = evaluate(run, idata, args.box_area)
+            r = evaluate(run, idata, args.box_area, args.backbones)
             rows[(config_name, variant)].append(r)
-            print(f"{config_name} | {variant} | {seed} | " + " | ".join(f"{r[c]:.1f}" for c in COLUMNS), flush=True)
-    print("\nmean over seeds\nconfig | variant | seeds | " + " | ".join(COLUMNS))
+            print(f"{config_name} | {variant} | {seed} | " + " | ".join(_cell([r.get(c, math.nan)]) for c in columns),
+                  flush=True)
+    print("\nmean over seeds\nconfig | variant | seeds | " + " | ".join(columns))
     for (config_name, variant), rs in rows.items():
-        means = [statistics.fmean(r[c] for r in rs) for c in COLUMNS]
-        print(f"{config_name} | {variant} | {len(rs)} | " + " | ".join(f"{m:.1f}" for m in means))
+        print(f"{config_name} | {variant} | {len(rs)} | " + " | ".join(_cell([r.get(c, math.nan) for r in rs])
+                                                                     for c in columns))
 
 
 if __name__ == "__main__":

@@ -38,10 +38,11 @@ def test_grow_boxes_reaches_the_area_keeps_the_object_and_stays_inside():
 
 @requires_pycil
 def test_old_class_look_matches_the_runs_own_accuracy_and_reads_both_memories(tmp_path):
-    """On a finished baseline + CIM benchmark: its clean-image numbers are each run's own last-phase top-1
-    (same network, transform and class order), and the memory rows come from the CIM memory (decoded and
-    clean originals) and from the baseline's stored images."""
-    cfg = write_config(tmp_path / "tiny.json", tiny_config(init_epoch=6, epochs=3, init_lr=0.02, lrate=0.02,
+    """On a finished DER baseline + CIM benchmark: its clean-image numbers are each run's own last-phase top-1
+    (same network, transform and class order), old among old is at least old top-1, the memory rows come
+    from the CIM memory (decoded and clean originals) and from the baseline's stored images, and
+    --backbones gives one number per backbone (one per phase)."""
+    cfg = write_config(tmp_path / "tiny.json", tiny_config(model_name="der", init_epoch=6, epochs=3, init_lr=0.02, lrate=0.02,
                                                            init_milestones=[5], milestones=[2],
                                                            cam_update_interval=1, meta_batch_size=4))
     out = tmp_path / "bench"
@@ -49,7 +50,8 @@ def test_old_class_look_matches_the_runs_own_accuracy_and_reads_both_memories(tm
     bench = subprocess.run([sys.executable, str(REPO / "exps" / "benchmark.py"), str(cfg), "--out", str(out),
                             "--seeds", "1993"], capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
-    look = subprocess.run([sys.executable, str(REPO / "exps" / "old_class_look.py"), str(out)],
+    look = subprocess.run([sys.executable, str(REPO / "exps" / "old_class_look.py"), str(out),
+                           "--backbones"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert look.returncode == 0, look.stderr[-2000:]
     per_run, means = look.stdout.split("mean over seeds")
@@ -64,6 +66,9 @@ def test_old_class_look_matches_the_runs_own_accuracy_and_reads_both_memories(tm
         assert float(row["clean new"]) == pytest.approx(last[-1], abs=0.1)
         assert float(row["clean new"]) > 0  # a network that learnt something, so a wrong transform would show
         assert 0 <= float(row["stored look old"]) <= 100 and 0 <= float(row["memory clean originals"]) <= 100
+        assert float(row["old among old"]) >= float(row["clean old"])  # the same images, fewer classes to lose to
+        per_backbone = row["backbones NCM old (oldest first)"].split(" / ")
+        assert len(per_backbone) == len(last) and all(0 <= float(v) <= 100 for v in per_backbone)
     assert math.isnan(float(rows["baseline"]["memory decoded"]))
     assert 0 <= float(rows["cim"]["memory decoded"]) <= 100
     assert "tiny | cim | 1 |" in means and "tiny | baseline | 1 |" in means
