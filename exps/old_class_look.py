@@ -110,11 +110,14 @@ def evaluate(run: Path, idata, box_area: float, backbones: bool = False) -> dict
     remap = np.argsort(np.asarray(np.load(run / "predictions.npz")["class_order"]))
     learner = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["learner"]
     ev = Evaluator(learner["_network"], idata)
-    n_old = int(result["phases"][-1]["classes"]) - int(config["increment"])
+    seen = int(result["phases"][-1]["classes"])
+    n_old = seen - int(config["increment"])
     y = torch.as_tensor(remap[np.asarray(idata.test_targets)])
-    x = torch.as_tensor(np.asarray(idata.test_data)).permute(0, 3, 1, 2).contiguous()
+    shown = y < seen  # a run stopped before its last phase has not met the later classes yet
+    y = y[shown]
+    x = torch.as_tensor(np.asarray(idata.test_data)).permute(0, 3, 1, 2)[shown].contiguous()
     H, W = x.shape[-2:]
-    boxes = grow_boxes(torch.as_tensor(np.asarray(idata.test_boxes)), H, W, box_area)
+    boxes = grow_boxes(torch.as_tensor(np.asarray(idata.test_boxes))[shown], H, W, box_area)
     old = y < n_old
     out = {}
     for name, xs in (("clean", x), ("stored look", compress(x, boxes, float(config.get("compress_ratio", 4.0))))):
