@@ -26,6 +26,7 @@ CIM_DEFAULTS: Dict[str, Any] = {
     "phi_lr": 0.01,
     "phi_lr_schedule": "host",
     "lr_ratio": 0.1,
+    "inner_grad_through_mask": False,
     "max_phi_grad_norm": 1.0,
     "meta_batch_size": 16,
     "num_meta_iters_per_cls": 0.5,
@@ -127,6 +128,10 @@ def validate_cim_keys(config: Dict[str, Any]) -> None:
                           f'optimiser\'s schedule, as the official code; "constant": phi_lr throughout), got '
                           f'{config["phi_lr_schedule"]!r}')
     _require_number(config, "lr_ratio", low=0.0)
+    if not isinstance(config["inner_grad_through_mask"], bool):
+        raise ConfigError('"inner_grad_through_mask" must be true or false (false: the inner step\'s gradient treats '
+                          'the hybrid image as data, as the paper\'s equation; true: also through the mask\'s use '
+                          f'of θ, as the official code), got {config["inner_grad_through_mask"]!r}')
     _require_number(config, "max_phi_grad_norm", low=0.0, low_open=True)
     _require_number(config, "meta_batch_size", low=1, integer=True)
     _require_number(config, "num_meta_iters_per_cls", low=0.0)

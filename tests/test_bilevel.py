@@ -137,12 +137,14 @@ def test_cil_optimiser_state_and_next_step_unchanged():
         assert torch.equal(a, b)
 
 
-def test_phi_gradient_matches_finite_differences_through_the_inner_step():
-    """div_coef = reg_coef = 0: φ reaches the objective only through h -> θ⁺ (second order)."""
+@pytest.mark.parametrize("through_mask", [False, True])
+def test_phi_gradient_matches_finite_differences_through_the_inner_step(through_mask):
+    """div_coef = reg_coef = 0: φ reaches the objective only through h -> θ⁺ (second order); with
+    grad_through_mask also through the branch's use of θ inside the inner gradient."""
     net, branch, batch = _setup(seed=3, dtype=torch.float64)
     net.eval()
     opt = torch.optim.SGD(branch.parameters(), lr=0.0)  # lr 0: φ stays, its .grad is left to read
-    kw = dict(div_coef=0.0, reg_coef=0.0, max_phi_grad_norm=None, lr=2.0)
+    kw = dict(div_coef=0.0, reg_coef=0.0, max_phi_grad_norm=None, lr=2.0, grad_through_mask=through_mask)
     base = _step(net, branch, opt, batch, **kw)
     assert base["phi_grad_norm"] > 0
     for pau, name in [(branch.paus[0], "numerator"), (branch.paus[1], "denominator")]:
@@ -159,6 +161,34 @@ def test_phi_gradient_matches_finite_differences_through_the_inner_step():
             p[1] += eps
         numeric = (plus - minus) / (2 * eps)
         assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-12), name
+
+
+def test_inner_gradient_through_the_mask_is_the_total_derivative():
+    """Default: θ⁺ = θ − s ∇θ L(h) with the hybrid image h taken as data (the paper's equation); with
+    grad_through_mask=True, ∇θ is the total derivative, also through the branch's CAM (the official code,
+    whose branch is the network's own forward). The outer CE on θ⁺ tells the two apart."""
+    net, branch, batch = _setup(seed=4, dtype=torch.float64)
+    xi, yi, xd, xo, yo = batch
+    net.eval()
+    keep = lambda n: "fc" not in n  # noqa: E731  (the official fast weights)
+    step = 3.0
+    theta = {n: p for n, p in net.named_parameters() if keep(n)}
+
+    def reference(total: bool) -> float:
+        mask, _ = cam_mask_fn(net, branch, xi, yi, weight=net.fc.weight)
+        h = hybrid_input(mask if total else mask.detach(), xi, xd)
+        loss_in = F.cross_entropy(net(h)["logits"], yi)
+        grads = torch.autograd.grad(loss_in, list(theta.values()))
+        fast = {n: p - step * g for (n, p), g in zip(theta.items(), grads)}
+        out = torch.func.functional_call(net, fast, (xo,))
+        return F.cross_entropy(out["logits"], yo).item()
+
+    paper, official = reference(False), reference(True)
+    assert abs(paper - official) > 1e-6, (paper, official)  # the mask path changes θ⁺ measurably
+    opt = torch.optim.SGD(branch.parameters(), lr=0.0)
+    kw = dict(div_coef=0.0, reg_coef=0.0, max_phi_grad_norm=None, lr=step, lr_ratio=1.0, fast_weight_filter=keep)
+    assert _step(net, branch, opt, batch, **kw)["outer_ce"] == pytest.approx(paper, rel=1e-10)
+    assert _step(net, branch, opt, batch, grad_through_mask=True, **kw)["outer_ce"] == pytest.approx(official, rel=1e-10)
 
 
 def test_outer_objective_falls_over_30_meta_steps():

@@ -63,7 +63,7 @@ def test_run_keys_validated():
     [("mask_threshold", 1.0), ("mask_threshold", 0.0), ("compress_ratio", -4), ("compress_ratio", 1.0),
      ("lr_ratio", -0.1), ("reg_coef", -1), ("meta_batch_size", 0), ("cim_mask", "box"), ("cim", "yes"),
      ("cam_update_interval", 0), ("randombbxblur_prob_incre", 1.5), ("phi_lr", 0),
-     ("phi_lr_schedule", "cosine")],
+     ("phi_lr_schedule", "cosine"), ("inner_grad_through_mask", "yes"), ("inner_grad_through_mask", 1)],
 )
 def test_cim_keys_out_of_range(key, value):
     cfg = _base(**{key: value})
@@ -76,6 +76,7 @@ def test_cim_defaults_are_the_papers():
     validate_cim_keys(cfg)
     assert cfg["compress_ratio"] == 4.0 and cfg["mask_threshold"] == 0.6 and cfg["cim_mask"] == "cim"
     assert cfg["phi_lr_schedule"] == "host"  # φ follows the CIL schedule, as the official code
+    assert cfg["inner_grad_through_mask"] is False  # the inner gradient takes the hybrid image as data (the paper)
     assert cfg["cim"] is False
 
 

@@ -349,3 +349,21 @@ def test_phi_lr_schedule_constant_keeps_phi_lr_while_the_inner_lr_anneals(tmp_pa
         assert {s["phi_lr"] for s in log} == {0.003}
         inner = [s["inner_lr"] for s in log]
         assert inner[0] > inner[-1] > 0  # the cosine still sets the inner step
+
+
+def test_inner_grad_through_mask_reaches_the_meta_step_of_a_der_run(tmp_path, monkeypatch):
+    """"inner_grad_through_mask": true runs DER's meta steps (two backbones in phase 1, through the PyCIL view)
+    with the official total derivative of the inner loss (its math: test_bilevel.py)."""
+    import cim_plugin.method.cim as cim_module
+
+    flags = []
+    orig = cim_module.meta_step
+
+    def step_spy(**kw):
+        flags.append(kw["grad_through_mask"])
+        return orig(**kw)
+
+    monkeypatch.setattr(cim_module, "meta_step", step_spy)
+    results, seen, _ = _spy_run(tmp_path, monkeypatch, "der", inner_grad_through_mask=True)
+    assert results["finished"] and set(flags) == {True}
+    assert len(seen["meta_log"]) == 2 and all(seen["meta_log"])  # meta steps in both phases

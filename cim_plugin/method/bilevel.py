@@ -8,9 +8,12 @@ One call of :func:`meta_step`:
 3. inner: ``loss_in = inner_loss_fn(network(h), y_inner, h)`` (default: CE on ``logits_fn(out)``),
    ``g = d loss_in / d θ`` with ``create_graph=True`` and ``θ⁺ = θ - lr * lr_ratio * g`` for the
    parameters with ``requires_grad`` that ``fast_weight_filter`` keeps (the others, e.g. the classifier
-   heads in the official code, are used as they are). The mask is an *input* of the
-   inner problem: ``g`` is taken through the network's forward on ``h`` only, not through the branch's own
-   use of θ inside ``mask_fn``;
+   heads in the official code, are used as they are). By default the mask is an *input* of the inner
+   problem, as in the paper's equation (θ⁺ = θ − β∇θ L(D̃(φ); θ), the compressed data D̃(φ) given):
+   ``g`` is taken through the network's forward on ``h`` only, not through the branch's own use of θ
+   inside ``mask_fn``. With ``grad_through_mask=True`` it is the total derivative, also through the
+   branch's use of θ in the mask (the official code: its branch is the network's own forward with
+   rational activations, so ``autograd.grad(inner_loss, θ)`` reaches θ through the CAM too);
 4. outer: ``CE(logits_fn(network(x_outer; θ⁺)), y_outer) + div_coef * CE(branch_logits, y_inner)
    + reg_coef * mean(c²)``, differentiated w.r.t. φ only; the φ gradient norm is clipped to
    ``max_phi_grad_norm`` and ``phi_optimizer.step()`` is taken.
@@ -111,6 +114,7 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
               fast_weight_filter: Optional[Callable[[str], bool]] = None,
               lr: float, lr_ratio: float, div_coef: float, reg_coef: float,
               max_phi_grad_norm: Optional[float], train_mode: bool = False,
+              grad_through_mask: bool = False,
               grad_reduce: Optional[Callable[[List[torch.Tensor]], None]] = None) -> Dict[str, float]:
     """One CIM meta iteration; updates φ (the branch's PAUs) only.
 
@@ -133,6 +137,9 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         max_phi_grad_norm: clip norm for φ's gradient (None or inf: no clipping).
         train_mode: mode of the network (and branch) during the step. False (default, as the official code)
             uses BN running statistics; True uses batch statistics (buffers are still left untouched).
+        grad_through_mask: False (default, the paper's equation): the inner gradient ``g`` treats the hybrid
+            input as data; True (the official code): ``g`` is the total derivative of the inner loss in θ,
+            also through the branch's use of θ in ``mask_fn`` (more second-order terms; slower).
         grad_reduce: data parallelism (``Replicas.average``): replaces φ's gradients (list of tensors, in
             place) by their mean over the replicas, before the clip and the step. A replica whose objective is
             not finite sends NaN gradients, so every replica skips that step together.
@@ -201,8 +208,9 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
                             f"of shape {tuple(getattr(branch_logits, 'shape', ()))}")
         h = hybrid_input(mask, x_inner, x_inner_degraded)
 
-        # Inner step. Aliases of θ make the gradient flow through this forward only (not through mask_fn).
-        alias = {n: p.view_as(p) for n, p in theta.items()}
+        # Inner step. Aliases of θ make the gradient flow through this forward only (not through mask_fn);
+        # θ itself (grad_through_mask) also reaches the branch's use of θ in the mask.
+        alias = dict(theta) if grad_through_mask else {n: p.view_as(p) for n, p in theta.items()}
         out_in = torch.func.functional_call(network, {**alias, **buffers()}, (h,))
         if inner_loss_fn is None:
             loss_in = F.cross_entropy(_at_least_float32(logits_fn(out_in)), y_inner)

@@ -361,6 +361,7 @@ class CIM:
                     fast_weight_filter=self.fast_weight_filter,
                     lr=lr, lr_ratio=cfg["lr_ratio"], div_coef=cfg["div_coef"], reg_coef=cfg["reg_coef"],
                     max_phi_grad_norm=cfg["max_phi_grad_norm"],
+                    grad_through_mask=bool(cfg.get("inner_grad_through_mask", False)),
                     grad_reduce=None if self.replica is None else self.replica.average,
                 )
                 stats["memory_items"] = float((chosen >= len(dataset.base)).sum())
