@@ -7,6 +7,8 @@
     python exps/benchmark.py --report-only --out runs/bench       # rebuild tables and figures
     python exps/benchmark.py --join runs/a runs/b --out runs/ab   # one report over several benchmark folders
     python exps/benchmark.py big_memory.json --baseline-only ...  # a reference arm without CIM, to --join
+    python exps/benchmark.py tiny_budget.json --no-baseline --mask-modes cim full --codecs jpeg ...
+                                        # CIM variants only, for a budget under one full image per class
 
 Writes DIR/summary.md, summary.csv, curves.png, memory.png, exemplars.png and one run folder per
 (config, variant, seed). Exit status: 0 all runs finished, 1 some failed, 2 bad input.
@@ -36,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-only", action="store_true",
                    help="run only each config's baseline (no CIM variant): a reference arm, e.g. the learner with "
                         "a larger memory, to join with --join beside a full benchmark")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="run only the CIM variants (two or more, e.g. --mask-modes cim full --codecs jpeg), compared "
+                        "with each other: for a budget too small for one full image per class")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs at once, each in its own process with cores/N threads (default 1)")
     mode = p.add_mutually_exclusive_group()
@@ -63,7 +68,8 @@ def main(argv=None) -> int:
         return 2
     try:
         if args.join:
-            if args.out is None or args.configs or args.seeds or args.mask_modes or args.codecs or args.baseline_only:
+            if (args.out is None or args.configs or args.seeds or args.mask_modes or args.codecs or args.baseline_only
+                    or args.no_baseline):
                 print("error: --join takes benchmark folders and --out DIR only (no configs, --seeds, --mask-modes "
                       "or --codecs: the folders' own are kept)", file=sys.stderr)
                 return 2
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
             args.report_only = True
         return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,
                              resume=args.resume, overwrite=args.overwrite, report_only=args.report_only,
-                             jobs=args.jobs, checks=checks, codecs=args.codecs, baseline_only=args.baseline_only)
+                             jobs=args.jobs, checks=checks, codecs=args.codecs, baseline_only=args.baseline_only,
+                             no_baseline=args.no_baseline)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

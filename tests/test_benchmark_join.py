@@ -150,3 +150,57 @@ def test_baseline_only_runs_no_cim_and_every_arm_is_compared_with_the_joined_ref
     assert "| a / cim | a_m2 / baseline | 3 | −1.00 ± 1.73 | −1.00, +2.00, −4.00 |" in md  # 42 + seed vs 40 + gain
     assert "| a / baseline | a_m2 / baseline | 3 | −4.00 ± 0.58 | −3.00, −4.00, −5.00 |" in md
     assert "a_m2 / baseline | a /" not in md  # the reference is never a
+
+
+def test_no_baseline_runs_the_cim_variants_alone_and_compares_them_with_each_other(tmp_path):
+    """`--no-baseline` (a budget under one full image per class): only the CIM variants run, the report has no
+    baseline row and no gain over one, and the variants are compared with each other run by run; one variant
+    alone, or both flags, are refused before anything runs."""
+    from test_benchmark import fake_results
+    from cim_plugin.bench import report
+
+    aia = {("cim-cim-jpeg", 1): 60.0, ("cim-cim-jpeg", 2): 55.0, ("cim-full-jpeg", 1): 57.0,
+           ("cim-full-jpeg", 2): 54.0}
+    calls = []
+
+    def runner(spec, resume):
+        calls.append(spec.name)
+        config = json.loads((spec.dir / "config.json").read_text())
+        assert config["cim"] is True and config["exemplar_codec"] == "jpeg"
+        fake_results(spec.dir, cim=True, seed=config["seed"][0], aia=aia[(spec.variant, spec.seed)], config=config)
+        return 0
+
+    config = tmp_path / "a_m4.json"
+    config.write_text(json.dumps(dict(CFG, memory_size=4)))
+    out = tmp_path / "tiny"
+    rc = bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+                                  mask_modes=["cim", "full"], codecs=["jpeg"], no_baseline=True)
+    assert rc == 0
+    assert calls == ["a_m4/cim-cim-jpeg/seed_1", "a_m4/cim-full-jpeg/seed_1",
+                     "a_m4/cim-cim-jpeg/seed_2", "a_m4/cim-full-jpeg/seed_2"]
+    assert json.loads((out / bench_runs.MANIFEST).read_text())["variants"] == {"a_m4": ["cim-cim-jpeg",
+                                                                                       "cim-full-jpeg"]}
+    assert not (out / "a_m4" / "baseline").exists()
+    rows = rows_of(out)
+    assert set(rows) == {("a_m4", "cim-cim-jpeg"), ("a_m4", "cim-full-jpeg")}
+    assert all(r["gain_aia_cnn_mean"] in ("", "nan") for r in rows.values())
+    md = (out / "summary.md").read_text()
+    assert "| cim-cim-jpeg (a_m4) | cim-full-jpeg | 2 | +2.00 ± 1.00 | +3.00, +1.00 |" in md
+    # --resume with the same flags goes on; without --no-baseline it is another setup
+    assert bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+                                    mask_modes=["cim", "full"], codecs=["jpeg"], no_baseline=True, resume=True) == 0
+    assert len(calls) == 4
+    with pytest.raises(ConfigError, match="different setup"):
+        bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+                                 mask_modes=["cim", "full"], codecs=["jpeg"], resume=True)
+    with pytest.raises(ConfigError, match="--no-baseline leaves one CIM variant"):
+        bench_runs.run_benchmark([config], seeds=[1], out_dir=tmp_path / "x", runner=runner, echo=lambda m: None,
+                                 no_baseline=True)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        bench_runs.run_benchmark([config], seeds=[1], out_dir=tmp_path / "y", runner=runner, echo=lambda m: None,
+                                 baseline_only=True, no_baseline=True)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    script = str(REPO / "exps" / "benchmark.py")
+    bad = subprocess.run([sys.executable, script, str(config), "--no-baseline", "--out", str(tmp_path / "z")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--no-baseline leaves one CIM variant" in bad.stderr

@@ -63,15 +63,20 @@ class RunSpec:
 
 
 def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = None,
-                 codecs: Optional[Sequence[str]] = None, baseline_only: bool = False) -> Dict[str, Dict[str, Any]]:
+                 codecs: Optional[Sequence[str]] = None, baseline_only: bool = False,
+                 no_baseline: bool = False) -> Dict[str, Dict[str, Any]]:
     """Variant name -> the keys it sets: baseline, then "cim" or one "cim-<mode>" per mask mode, each once
     per exemplar codec of ``codecs`` ("-jpeg" appended to the name of a JPEG variant: "cim-full-jpeg").
 
     ``mask_modes`` (from the command) wins over the config's "cim_mask"; without either the
     single CIM variant "cim" uses the default mask mode. ``codecs`` wins over "exemplar_codec".
     ``baseline_only``: the baseline alone (a reference arm, e.g. the learner with a larger memory).
+    ``no_baseline``: the CIM variants alone (a budget too small for one full image per class, where only
+    compressed exemplars can run; the report compares the variants with each other).
     """
-    out: Dict[str, Dict[str, Any]] = {BASELINE: {"cim": False}}
+    if baseline_only and no_baseline:
+        raise ConfigError("--baseline-only and --no-baseline exclude each other; pass one")
+    out: Dict[str, Dict[str, Any]] = {} if no_baseline else {BASELINE: {"cim": False}}
     if baseline_only:
         if mask_modes or codecs:
             raise ConfigError("--baseline-only runs no CIM variant; drop --mask-modes and --codecs")
@@ -86,6 +91,9 @@ def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = N
             keys = {"cim": True, **({} if mode is None else {"cim_mask": mode}),
                     **({} if codec is None else {"exemplar_codec": codec})}
             out[("cim" if mode is None else f"cim-{mode}") + ("-jpeg" if codec == "jpeg" else "")] = keys
+    if no_baseline and len(out) < 2:
+        raise ConfigError("--no-baseline leaves one CIM variant and nothing to compare it with; give two or more, "
+                          "e.g. --mask-modes cim full --codecs jpeg")
     return out
 
 
@@ -127,7 +135,8 @@ def load_benchmark_configs(paths: Sequence[str | Path], seeds: Sequence[int],
 
 
 def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Sequence[str]], checks,
-                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False) -> None:
+                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False,
+                  no_baseline: bool = False) -> None:
     """Check each config with ``checks.check_run`` (the runner's own checks: keys, devices, CIM support)
     before any run starts.
 
@@ -135,8 +144,8 @@ def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Seque
     "cim_mask", which :func:`variants_for` has checked), so key warnings are printed once.
     """
     for entry in configs.values():
-        variants = variants_for(entry["config"], mask_modes, codecs, baseline_only)
-        overrides = next((v for name, v in variants.items() if name != BASELINE), variants[BASELINE])
+        variants = variants_for(entry["config"], mask_modes, codecs, baseline_only, no_baseline)
+        overrides = next((v for name, v in variants.items() if name != BASELINE), None) or variants[BASELINE]
         config = dict(entry["config"], **overrides, seed=[DEFAULT_SEEDS[0]])
         try:
             checks.check_run(config)
@@ -146,12 +155,13 @@ def validate_runs(configs: Dict[str, Dict[str, Any]], mask_modes: Optional[Seque
 
 def plan_runs(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], out_dir: Path,
               mask_modes: Optional[Sequence[str]] = None, codecs: Optional[Sequence[str]] = None,
-              baseline_only: bool = False) -> List[RunSpec]:
+              baseline_only: bool = False, no_baseline: bool = False) -> List[RunSpec]:
     """All runs, seed-major (every variant of seed 1 before seed 2), so early seeds give a first table."""
     runs = []
     for seed in seeds:
         for stem, entry in configs.items():
-            for variant, overrides in variants_for(entry["config"], mask_modes, codecs, baseline_only).items():
+            for variant, overrides in variants_for(entry["config"], mask_modes, codecs, baseline_only,
+                                                   no_baseline).items():
                 config = dict(entry["config"], **overrides)
                 config["seed"] = [int(seed)]
                 runs.append(RunSpec(stem, variant, int(seed), config, out_dir / stem / variant / f"seed_{seed}"))
@@ -160,12 +170,13 @@ def plan_runs(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], out_dir:
 
 # ------------------------------------------------------------------------------------- manifest
 def make_manifest(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], mask_modes: Optional[Sequence[str]],
-                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False) -> Dict[str, Any]:
+                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False,
+                  no_baseline: bool = False) -> Dict[str, Any]:
     return {
         "schema": MANIFEST_SCHEMA,
         "configs": configs,
         "seeds": [int(s) for s in seeds],
-        "variants": {stem: list(variants_for(e["config"], mask_modes, codecs, baseline_only))
+        "variants": {stem: list(variants_for(e["config"], mask_modes, codecs, baseline_only, no_baseline))
                      for stem, e in configs.items()},
         "mask_modes": list(mask_modes) if mask_modes else None,
         **({"codecs": list(codecs)} if codecs else {}),
@@ -324,14 +335,15 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
                   runner: Callable[[RunSpec, bool], int] = subprocess_runner,
                   echo: Callable[[str], None] = print, warn: Optional[Callable[[str], None]] = None,
                   validate: bool = True, jobs: int = 1, checks=None, codecs: Optional[Sequence[str]] = None,
-                  baseline_only: bool = False) -> int:
+                  baseline_only: bool = False, no_baseline: bool = False) -> int:
     """The benchmark command. Returns 0 when every run finished, 1 when some failed (the report is
     written from the others). Bad input raises ConfigError (the CLI prints it and exits 2).
 
     ``runner(spec, resume) -> exit code`` runs one spec (tests pass a fake); ``checks`` is the host's
     config checks (``cim_plugin.pycil.checks``: learner names, and with ``validate`` every variant's config
     as the runner would check it, before the first run); ``jobs`` runs that many specs at once (each in its
-    own process); ``baseline_only`` runs only the baseline of each config (no CIM variant).
+    own process); ``baseline_only`` runs only the baseline of each config (no CIM variant), ``no_baseline``
+    only its CIM variants (two or more).
     """
     from .report import build_report
 
@@ -354,14 +366,15 @@ def run_benchmark(config_paths: Sequence[str | Path], seeds: Optional[Sequence[i
         raise ConfigError(f"--seeds has repeated values {seeds}; give each seed once")
     configs = load_benchmark_configs(config_paths, seeds, warn, checks)
     if validate and checks is not None:
-        validate_runs(configs, mask_modes, checks, codecs, baseline_only)
+        validate_runs(configs, mask_modes, checks, codecs, baseline_only, no_baseline)
     if out_dir is None:
         out_dir = Path("runs") / f"benchmark_{'_'.join(configs)}_{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, make_manifest(configs, seeds, mask_modes, codecs, baseline_only), resume, overwrite)
-    runs = plan_runs(configs, seeds, out_dir, mask_modes, codecs, baseline_only)
-    echo(f"benchmark: {len(runs)} runs ({len(configs)} config(s), seeds {seeds}, "
-         f"{'the baseline only' if baseline_only else 'baseline and CIM variants'}) into {out_dir}")
+    prepare_out_dir(out_dir, make_manifest(configs, seeds, mask_modes, codecs, baseline_only, no_baseline),
+                    resume, overwrite)
+    runs = plan_runs(configs, seeds, out_dir, mask_modes, codecs, baseline_only, no_baseline)
+    arms = "the baseline only" if baseline_only else "CIM variants only" if no_baseline else "baseline and CIM variants"
+    echo(f"benchmark: {len(runs)} runs ({len(configs)} config(s), seeds {seeds}, {arms}) into {out_dir}")
     if runner is subprocess_runner and jobs > 1:
         runner = functools.partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // jobs))
     failed = execute_runs(runs, resume, runner, echo, jobs=jobs)
