@@ -164,6 +164,47 @@ def test_what_is_herded_is_what_is_stored():
     assert torch.equal(mem.decode(range(len(mem))), mem.compressed(images, boxes)[order])
 
 
+def test_a_memory_on_another_device_encodes_on_the_cpu(monkeypatch):
+    """Candidates are JPEG-encoded on the CPU whatever the memory's device: torchvision's GPU encoder writes
+    4:4:4 streams with other tables, which the memory's shared header would refuse. ``"meta"`` stands in for
+    a GPU here: the streams of a memory on it are byte for byte those of a CPU memory, and libjpeg saw only
+    CPU images."""
+    from cim_plugin.method import jpeg
+
+    seen = []
+    real = jpeg.encode_jpeg
+
+    def spy(images, quality):
+        seen.extend(im.device.type for im in images)
+        return real(images, quality=quality)
+
+    monkeypatch.setattr(jpeg, "encode_jpeg", spy)
+    images, boxes = _images(6), _boxes(6)
+    boxes[0] = torch.tensor([0, 0, H, W])  # a whole-image box: no frame
+    on_cpu = JpegMemory(10**6, 4.0, quality=60)._encode_parts(images, boxes)
+    other = JpegMemory(10**6, 4.0, quality=60, device="meta")
+    on_other = other._encode_parts(images, boxes)
+    assert seen and set(seen) == {"cpu"}
+    for a, b in zip(on_cpu, on_other):
+        assert [x is None for x in a] == [x is None for x in b]
+        assert all(torch.equal(x, y) for x, y in zip(a, b) if x is not None)
+    streams = [s for s in on_other[0] + on_other[1] if s is not None]
+    assert len(split_streams(streams, other._header)) == len(streams) == 11  # they share the CPU header
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU decode)")
+def test_a_memory_on_the_gpu_stores_the_cpu_bytes_and_decodes_on_the_gpu():
+    images, boxes = _images(12), _boxes(12)
+    feats = torch.randn(12, 8, generator=torch.Generator().manual_seed(2))
+    cpu, gpu = JpegMemory(10**6, 4.0, quality=60), JpegMemory(10**6, 4.0, quality=60, device="cuda")
+    cpu.select_class(images, feats, boxes, 0, 8000)
+    gpu.select_class(images.cuda(), feats, boxes, 0, 8000)
+    assert gpu.nbytes == cpu.nbytes and gpu.counts() == cpu.counts()
+    assert torch.equal(gpu.state_dict()["payload"], cpu.state_dict()["payload"])
+    a, b = cpu.decode(range(len(cpu))), gpu.decode(range(len(gpu)))
+    assert a.shape == b.shape and (a.float() - b.float()).abs().mean() < 2.0  # nvJPEG vs libjpeg IDCT/upsampling
+
+
 def test_decoded_quality_at_90_on_smooth_images():
     images = _smooth(6)
     full = torch.tensor([[0, 0, 64, 64]]).repeat(6, 1)

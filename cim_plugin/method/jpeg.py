@@ -41,10 +41,15 @@ def check_quality(quality) -> int:
 
 
 def encode_streams(images: Sequence[torch.Tensor], quality: int) -> List[torch.Tensor]:
-    """JPEG-encode uint8 images (3, h_i, w_i) (any device, any sizes >= 1): list of uint8 1-D CPU streams."""
+    """JPEG-encode uint8 images (3, h_i, w_i) (any device, any sizes >= 1): list of uint8 1-D CPU streams.
+
+    Always encoded on the CPU (libjpeg, 4:2:0 chroma), whatever the images' device: torchvision's GPU
+    encoder (nvJPEG) writes 4:4:4 streams with other tables, so GPU-encoded streams would not share the
+    memory's header (:func:`table_header`), and the stored bytes, hence the exemplars that fit a budget,
+    would depend on the device. Decoding may run on the GPU (:func:`decode_streams`)."""
     if len(images) == 0:
         return []
-    streams = encode_jpeg([im.contiguous() for im in images], quality=check_quality(quality))
+    streams = encode_jpeg([im.detach().cpu().contiguous() for im in images], quality=check_quality(quality))
     return [s.cpu() for s in streams]
 
 

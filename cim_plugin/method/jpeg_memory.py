@@ -38,7 +38,9 @@ class JpegMemory(CompressedMemory):
     Args:
         budget_bytes, compress_ratio, implicit_boxes: as :class:`CompressedMemory`.
         quality: JPEG quality, int in [1, 100].
-        device: where streams are decoded (and candidates encoded); stored bytes stay on the CPU.
+        device: where streams are decoded (the GPU when it is a CUDA device); candidates are encoded on the
+            CPU on every device (libjpeg: one header for all streams, the same bytes on every device); stored
+            bytes stay on the CPU.
     """
 
     codec = "jpeg"
@@ -81,12 +83,12 @@ class JpegMemory(CompressedMemory):
         _check_uint8_images(images)
         H, W = images.shape[-2:]
         boxes = boxes.long().cpu()
-        images = images.to(self.device)
+        images = images.cpu()  # encoded on the CPU on every device (see encode_streams): one copy, not one per crop
         frames: List[Optional[torch.Tensor]] = [None] * len(images)
         crops: List[Optional[torch.Tensor]] = [None] * len(images)
         has_frame = (frame_npixels(boxes, H, W, self.compress_ratio) > 0).nonzero().squeeze(1)
         if has_frame.numel():
-            low = downsample(images[has_frame.to(images.device)], self.compress_ratio)
+            low = downsample(images[has_frame], self.compress_ratio)
             for i, s in zip(has_frame.tolist(), encode_streams(list(low), self.quality)):
                 frames[i] = s
         has_crop = (box_areas(boxes) > 0).nonzero().squeeze(1).tolist()
