@@ -59,6 +59,17 @@ def _as_np(a, dtype=None) -> np.ndarray:
     return np.asarray(a, dtype=dtype)
 
 
+def phase_ticks(xs: Sequence[Sequence[float]], max_ticks: int = 12) -> List[float]:
+    """The x ticks of an accuracy-per-phase panel: the classes seen after each phase, as CIL papers draw them.
+
+    ``xs``: each line's x values (classes seen after each of its phases). Returns their union, sorted, when it
+    holds at most ``max_ticks`` values; otherwise ``[]`` (the caller falls back to evenly spaced integer ticks,
+    e.g. for 20 or 50 phases).
+    """
+    values = sorted({float(v) for x in xs for v in _as_np(x, float).ravel()})
+    return values if len(values) <= max_ticks else []
+
+
 def _grid(n: int, max_cols: int = 3):
     cols = min(n, max_cols)
     return math.ceil(n / cols), cols
@@ -73,7 +84,10 @@ def _check_panels(panels, key: str, what: str) -> None:
 
 
 def plot_curves(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Path:
-    """Top-1 accuracy (%) after each phase vs classes seen: mean line, +-std band, one panel each."""
+    """Top-1 accuracy (%) after each phase vs classes seen: mean line, +-std band, one panel each.
+
+    The x ticks are the classes seen after each phase (:func:`phase_ticks`; evenly spaced beyond 12 phases).
+    """
     _check_panels(panels, "lines", "plot_curves")
     labels = [line["label"] for p in panels for line in p["lines"]]
     colours = variant_colours(labels)
@@ -91,7 +105,11 @@ def plot_curves(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Pat
                 if std.any():
                     ax.fill_between(x, mean - std, mean + std, color=c, alpha=0.18, lw=0)
             ax.set_title(panel["title"])
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ticks = phase_ticks([line["x"] for line in panel["lines"]])
+            if ticks:
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("classes seen")
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(alpha=0.3, lw=0.5)
