@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..config import CIM_MASK_MODES, EXEMPLAR_CODECS, ConfigError, load_config
 from ..io import write_json
+from .eta import eta_seconds, eta_text
 from .manifest import (MANIFEST, MANIFEST_SCHEMA, REPORT_FILES, config_keys_differing,  # noqa: F401 (re-exported)
                        manifest_differences, prepare_out_dir, read_manifest)
 
@@ -283,15 +284,27 @@ def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpe
 
     With jobs > 1 the runs start in plan order (a seed's baseline and CIM runs side by side, so both see
     the same load) and each run gets one thread per job share of the cores (see `subprocess_runner`).
+    Each run's closing line ends with an estimate of the time the benchmark has left (`bench/eta.py`).
     """
     failed: List[RunSpec] = []
     lock = threading.Lock()
+    finished: List[tuple] = []  # ((stem, variant), wall seconds) of the runs done, for the time-left estimate
+    started: Dict[int, float] = {}  # plan index -> perf_counter at start, for the runs in flight
+    waiting = set(range(len(runs)))  # plan indices not yet done (finished or failed)
+
+    def time_left() -> str:  # called under the lock
+        now = time.perf_counter()
+        left = [((runs[i].stem, runs[i].variant), now - started[i] if i in started else 0.0) for i in waiting]
+        return eta_text(eta_seconds(finished, left, jobs)) if left else ""
 
     def one(k: int, spec: RunSpec) -> None:
         tag = f"[{k}/{len(runs)}] {spec.name}"
         done = read_results(spec.dir)
         if done is not None and done.get("finished"):
             with lock:
+                waiting.discard(k - 1)
+                if isinstance(done.get("wall_s"), (int, float)):
+                    finished.append(((spec.stem, spec.variant), float(done["wall_s"])))
                 echo(f"{tag}: finished before, skipped | {headline(done)}")
             return
         spec.dir.mkdir(parents=True, exist_ok=True)
@@ -299,15 +312,20 @@ def execute_runs(runs: Sequence[RunSpec], resume: bool, runner: Callable[[RunSpe
         going_on = resume and (done is not None or (spec.dir / "checkpoint.pt").exists())
         with lock:
             echo(f"{tag}: {'resumed' if going_on else 'started'}")
-        start = time.perf_counter()
+            start = started[k - 1] = time.perf_counter()
         rc = runner(spec, resume)
         results = read_results(spec.dir)
         with lock:
+            seconds = time.perf_counter() - start
+            waiting.discard(k - 1)
+            started.pop(k - 1, None)
             if rc == 0 and results is not None and results.get("finished"):
-                echo(f"{tag}: done in {time.perf_counter() - start:.0f} s | {headline(results)}")
+                finished.append(((spec.stem, spec.variant), seconds))
+                echo(f"{tag}: done in {seconds:.0f} s | {headline(results)}{time_left()}")
             else:
                 failed.append(spec)
-                echo(f"{tag}: FAILED (exit {rc}): {_failure_line(spec.dir)} (see {spec.dir / 'console.log'})")
+                echo(f"{tag}: FAILED (exit {rc}): {_failure_line(spec.dir)} (see {spec.dir / 'console.log'})"
+                     f"{time_left()}")
 
     if jobs <= 1:
         for k, spec in enumerate(runs, 1):
