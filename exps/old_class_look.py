@@ -15,7 +15,9 @@ Tiny-ImageNet), the last phase's network (checkpoint.pt) is evaluated on
 * with ``--backbones``, for networks with one backbone per phase (DER's ``convnets``): each backbone's
   features alone, old-class test images by the nearest mean of the old classes' clean training images
   (cosine, L2-normalised features), which asks what each backbone's representation knows of the old
-  classes whatever the classifier does with it;
+  classes whatever the classifier does with it; and the same with the training and test images both in
+  the stored look (their true boxes grown as above), which asks whether what a backbone learnt of the old
+  classes from compressed exemplars holds in the look it learnt them in but does not carry to clean images;
 * the run's **own memory** after the last phase, old classes only: top-1 on the stored exemplars as they
   are replayed (decoded; CIM runs) and on the clean training images they were made from (every run).
   How well a network fits the exemplars it replayed, against how well that carries to the test set.
@@ -47,6 +49,7 @@ from cim_plugin.method.memory_kinds import load_memory  # noqa: E402
 COLUMNS = ("clean old", "clean new", "clean old called new", "old among old", "new among new", "stored look old",
            "stored look new", "stored look old called new", "memory decoded", "memory clean originals")
 BACKBONES = "backbones NCM old (oldest first)"
+BACKBONES_STORED = "backbones NCM old, stored look (oldest first)"
 
 
 def grow_boxes(boxes: torch.Tensor, H: int, W: int, fraction: float) -> torch.Tensor:
@@ -119,8 +122,10 @@ def evaluate(run: Path, idata, box_area: float, backbones: bool = False) -> dict
     H, W = x.shape[-2:]
     boxes = grow_boxes(torch.as_tensor(np.asarray(idata.test_boxes))[shown], H, W, box_area)
     old = y < n_old
+    ratio = float(config.get("compress_ratio", 4.0))
+    stored_x = compress(x, boxes, ratio)
     out = {}
-    for name, xs in (("clean", x), ("stored look", compress(x, boxes, float(config.get("compress_ratio", 4.0))))):
+    for name, xs in (("clean", x), ("stored look", stored_x)):
         logits = ev.logits(xs)
         p = logits.argmax(1)
         if name == "clean":
@@ -132,9 +137,13 @@ def evaluate(run: Path, idata, box_area: float, backbones: bool = False) -> dict
     if backbones and hasattr(ev.net, "convnets"):
         train_y = torch.as_tensor(remap[np.asarray(idata.train_targets)])
         train_old = train_y < n_old
-        features = zip(ev.backbone_features(train[train_old].contiguous()), ev.backbone_features(x[old]))
-        out[BACKBONES] = [nearest_mean_top1(train_f, train_y[train_old], test_f, y[old], n_old)
-                          for train_f, test_f in features]
+        train_x = train[train_old].contiguous()
+        train_boxes = grow_boxes(torch.as_tensor(np.asarray(idata.train_boxes))[train_old], H, W, box_area)
+        for column, train_xs, test_xs in ((BACKBONES, train_x, x[old]),
+                                          (BACKBONES_STORED, compress(train_x, train_boxes, ratio), stored_x[old])):
+            features = zip(ev.backbone_features(train_xs), ev.backbone_features(test_xs))
+            out[column] = [nearest_mean_top1(train_f, train_y[train_old], test_f, y[old], n_old)
+                           for train_f, test_f in features]
     out["memory decoded"] = float("nan")
     if (run / "memory.pt").exists() and (run / "exemplars.pt").exists():
         memory = load_memory(run / "memory.pt")
@@ -180,7 +189,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     datasets, rows = {}, defaultdict(list)
-    columns = COLUMNS + ((BACKBONES,) if args.backbones else ())
+    columns = COLUMNS + ((BACKBONES, BACKBONES_STORED) if args.backbones else ())
     print("config | variant | seed | " + " | ".join(columns))
     for folder in args.folders:
         for config_name, variant, seed, run in finished_runs(folder):

@@ -41,7 +41,7 @@ def test_old_class_look_matches_the_runs_own_accuracy_and_reads_both_memories(tm
     """On a finished DER baseline + CIM benchmark: its clean-image numbers are each run's own last-phase top-1
     (same network, transform and class order), old among old is at least old top-1, the memory rows come
     from the CIM memory (decoded and clean originals) and from the baseline's stored images, and
-    --backbones gives one number per backbone (one per phase)."""
+    --backbones gives one number per backbone (one per phase), clean and in the stored look."""
     cfg = write_config(tmp_path / "tiny.json", tiny_config(model_name="der", init_epoch=6, epochs=3, init_lr=0.02, lrate=0.02,
                                                            init_milestones=[5], milestones=[2],
                                                            cam_update_interval=1, meta_batch_size=4))
@@ -67,8 +67,9 @@ def test_old_class_look_matches_the_runs_own_accuracy_and_reads_both_memories(tm
         assert float(row["clean new"]) > 0  # a network that learnt something, so a wrong transform would show
         assert 0 <= float(row["stored look old"]) <= 100 and 0 <= float(row["memory clean originals"]) <= 100
         assert float(row["old among old"]) >= float(row["clean old"])  # the same images, fewer classes to lose to
-        per_backbone = row["backbones NCM old (oldest first)"].split(" / ")
-        assert len(per_backbone) == len(last) and all(0 <= float(v) <= 100 for v in per_backbone)
+        for column in ("backbones NCM old (oldest first)", "backbones NCM old, stored look (oldest first)"):
+            per_backbone = row[column].split(" / ")
+            assert len(per_backbone) == len(last) and all(0 <= float(v) <= 100 for v in per_backbone)
     assert math.isnan(float(rows["baseline"]["memory decoded"]))
     assert 0 <= float(rows["cim"]["memory decoded"]) <= 100
     assert "tiny | cim | 1 |" in means and "tiny | baseline | 1 |" in means
