@@ -12,13 +12,15 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from .base import DatasetLayoutError, IData
-from .folders import CIFAR100Folder, Food101, ImageNet100, ImageNet1000, TinyImageNet
+from .folders import (CIFAR100Folder, Food101, ImageFolder, Imagenette, ImageNet100, ImageNet1000, Imagewoof,
+                      MiniImageNet, TinyImageNet)
 from .synthetic import SyntheticShapes
 
 __all__ = ["DATASETS", "DatasetLayoutError", "IData", "build_idata", "dataset_names"]
 
 DATASETS: Dict[str, type] = {
-    cls.name: cls for cls in (SyntheticShapes, ImageNet100, ImageNet1000, Food101, TinyImageNet, CIFAR100Folder)
+    cls.name: cls for cls in (SyntheticShapes, ImageNet100, ImageNet1000, ImageFolder, Imagenette, Imagewoof,
+                              MiniImageNet, Food101, TinyImageNet, CIFAR100Folder)
 }
 
 

@@ -1,6 +1,8 @@
 """Real datasets read from the folder named by the config's "data_root" (no PyCIL code involved).
 
 - "imagenet100" / "imagenet1000": ImageFolder layout ``train/<class>/*.JPEG`` and ``val/<class>/*``.
+- "imagefolder" (also "imagenette", "imagewoof", "miniimagenet"): any ``train/<class>/*`` and
+  ``val/<class>/*`` (or ``test/<class>/*``) tree, e.g. Imagenette2, Imagewoof2 or Mini-ImageNet.
 - "food101": the official Food-101 layout ``images/<class>/<id>.jpg`` + ``meta/{train,test}.txt``.
 - "tinyimagenet": the official Tiny-ImageNet-200 layout, with its object boxes.
 - "cifar100": the extracted ``cifar-100-python`` folder (downloaded with torchvision when absent).
@@ -8,6 +10,8 @@
 Classes are numbered in sorted order of their folder names / ids (as torchvision's ImageFolder
 does), except Food-101, which follows ``meta/classes.txt`` when present. Path datasets hold numpy
 arrays of absolute path strings (``use_path`` True); PyCIL opens them with PIL when it loads a batch.
+With ``"resolution"`` (imagenet100/1000, imagefolder, food101) every image is instead decoded once at that
+size and held in memory (``use_path`` False; see :mod:`cim_plugin.datasets.resolution`).
 Every layout problem raises :class:`DatasetLayoutError` naming the path and the expected layout.
 """
 
@@ -21,8 +25,11 @@ import numpy as np
 from torchvision import transforms
 
 from .base import DatasetLayoutError, IData, require_data_root
+from .resolution import (RESOLUTION_KEYS, decode_at, keep_first_per_class, resolution_options,
+                         set_resolution_transforms)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageNet100", "ImageNet1000", "Food101", "TinyImageNet", "CIFAR100Folder"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageNet100", "ImageNet1000", "ImageFolder", "Imagenette", "Imagewoof",
+           "MiniImageNet", "Food101", "TinyImageNet", "CIFAR100Folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -83,10 +90,53 @@ class _RootedIData(IData):
     @classmethod
     def from_options(cls, options: Dict[str, Any]):
         """Build from a run config: reads only "data_root" (DatasetLayoutError when missing)."""
+        given = [k for k in RESOLUTION_KEYS if k in options and k != "resolution_cache"]
+        if given:
+            raise ValueError(f'dataset "{cls.name}" has no "resolution" option (config key(s) {given}); it is '
+                             f"read at its own size. Remove the key(s), or use imagenet100, imagenet1000, "
+                             f"imagefolder or food101")
         return cls(require_data_root(options, cls.name, cls.layout))
 
     def _check_root(self) -> None:
         _need_dir(self.data_root, f'"data_root" to be a folder holding {self.layout}')
+
+
+class _ResizableIData(_RootedIData):
+    """A path dataset that can instead be decoded once at the config's "resolution" (see module doc)."""
+
+    option_keys = ("data_root",) + RESOLUTION_KEYS
+    resolution = None  # S when decoded at S x S, else None (PyCIL's 224 px transforms on the files)
+
+    def __init__(self, data_root: str, **resolution) -> None:
+        super().__init__(data_root)
+        self._resolution = resolution_options(resolution)
+        self.resolution = self._resolution.size
+        _imagenet_transforms(self)
+
+    @classmethod
+    def from_options(cls, options: Dict[str, Any]):
+        """Build from a run config: "data_root" (DatasetLayoutError when missing) and the resolution keys
+        (ValueError naming a bad one)."""
+        return cls(require_data_root(options, cls.name, cls.layout),
+                   **{k: options[k] for k in RESOLUTION_KEYS if k in options})
+
+    def _read_paths(self) -> None:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def download_data(self) -> None:
+        self._check_root()
+        self._read_paths()
+        opts = self._resolution
+        if opts.size is None:
+            return
+        for split, per_class in (("train", opts.train_per_class), ("test", opts.test_per_class)):
+            paths, targets = getattr(self, f"{split}_data"), getattr(self, f"{split}_targets")
+            keep = keep_first_per_class(paths, targets, per_class)
+            setattr(self, f"{split}_data", decode_at(paths[keep], opts.size, opts.upsample, opts.cache))
+            setattr(self, f"{split}_targets", targets[keep])
+        self.use_path = False
+        self.image_size = (opts.size, opts.size)
+        set_resolution_transforms(self, opts.size, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def scan_image_folder(split_dir: str, rel: str, classes: Optional[List[str]] = None) -> Tuple[np.ndarray, np.ndarray, List[str]]:
@@ -128,24 +178,23 @@ def scan_image_folder(split_dir: str, rel: str, classes: Optional[List[str]] = N
     return _paths(paths), np.asarray(targets, dtype=np.int64), classes
 
 
-class _ImageNetFolder(_RootedIData):
+class _ImageNetFolder(_ResizableIData):
     """ImageNet subsets in ImageFolder layout: data_root/train/<class>/*.JPEG, data_root/val/<class>/*.
 
     Labels follow the sorted train/ class folders; val/ must use the same folder names. No boxes;
-    images vary in size (``image_size`` None). PyCIL's 224 px transforms (no colour jitter).
+    images vary in size (``image_size`` None). PyCIL's 224 px transforms (no colour jitter), or with
+    "resolution" S the images decoded once at S x S.
     """
 
     layout = "train/<class>/*.JPEG and val/<class>/*.JPEG (ImageFolder layout)"
+    test_splits = ("val",)
 
-    def __init__(self, data_root: str) -> None:
-        super().__init__(data_root)
-        _imagenet_transforms(self)
-
-    def download_data(self) -> None:
-        self._check_root()
+    def _read_paths(self) -> None:
         self.train_data, self.train_targets, classes = scan_image_folder(
             os.path.join(self.data_root, "train"), "train")
-        self.test_data, self.test_targets, _ = scan_image_folder(os.path.join(self.data_root, "val"), "val", classes)
+        test = next((s for s in self.test_splits if os.path.isdir(os.path.join(self.data_root, s))),
+                    self.test_splits[0])
+        self.test_data, self.test_targets, _ = scan_image_folder(os.path.join(self.data_root, test), test, classes)
         self.class_names = classes
         self.class_order = list(range(len(classes)))
 
@@ -160,18 +209,40 @@ class ImageNet1000(_ImageNetFolder):
     name = "imagenet1000"
 
 
-class Food101(_RootedIData):
+class ImageFolder(_ImageNetFolder):
+    """Any class-folder tree: data_root/train/<class>/* and data_root/val/<class>/* (or test/<class>/*), e.g.
+    Imagenette2, Imagewoof2 or Mini-ImageNet. Labels follow the sorted train/ class folders. PyCIL's 224 px
+    transforms on the files, or with "resolution" S the images decoded once at S x S (see the module doc)."""
+
+    name = "imagefolder"
+    layout = "train/<class>/<image> and val/<class>/<image> (or test/<class>/<image>)"
+    test_splits = ("val", "test")
+
+
+class Imagenette(ImageFolder):
+    __doc__ = ImageFolder.__doc__
+    name = "imagenette"
+
+
+class Imagewoof(ImageFolder):
+    __doc__ = ImageFolder.__doc__
+    name = "imagewoof"
+
+
+class MiniImageNet(ImageFolder):
+    __doc__ = ImageFolder.__doc__
+    name = "miniimagenet"
+
+
+class Food101(_ResizableIData):
     """Food-101, official layout: data_root/images/<class>/<id>.jpg, data_root/meta/{train,test}.txt
     (lines "<class>/<id>"), class order from data_root/meta/classes.txt if present, else the sorted
-    folders of images/. No boxes; images vary in size. 224 px ImageNet-style transforms.
+    folders of images/. No boxes; images vary in size. 224 px ImageNet-style transforms, or with
+    "resolution" S the images decoded once at S x S.
     """
 
     name = "food101"
     layout = "images/<class>/<id>.jpg and meta/train.txt, meta/test.txt (official Food-101 layout)"
-
-    def __init__(self, data_root: str) -> None:
-        super().__init__(data_root)
-        _imagenet_transforms(self)
 
     def _split(self, split: str, classes: List[str], listing: Dict[str, set]) -> Tuple[np.ndarray, np.ndarray]:
         meta = os.path.join(self.data_root, "meta", f"{split}.txt")
@@ -195,8 +266,7 @@ class Food101(_RootedIData):
             raise DatasetLayoutError(f'{meta} is empty; expected lines "<class>/<id>"')
         return _paths(paths), np.asarray(targets, dtype=np.int64)
 
-    def download_data(self) -> None:
-        self._check_root()
+    def _read_paths(self) -> None:
         images = os.path.join(self.data_root, "images")
         _need_dir(images, "data_root/images/<class>/<id>.jpg (official Food-101 layout)")
         folders = _subdirs(images)

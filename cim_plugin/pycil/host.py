@@ -313,7 +313,8 @@ def stem_dataset_name(image_size) -> str:
 
 
 def _stem_factory(factory, stem_name: str):
-    """Wrap a STEM_BY_NAME_NETS factory: a dataset named neither "cifar*" nor "imagenet*" gets ``stem_name``'s stem.
+    """Wrap a STEM_BY_NAME_NETS factory: a dataset named neither "cifar*" nor "imagenet*", or one read at a
+    chosen "resolution" (imagenet100 at 32 px, say), gets ``stem_name``'s stem.
 
     Without it PyCIL's resnet18 has no ``conv1`` for the plug-in's datasets (food101, synthetic,
     tinyimagenet) and crashes at the first forward.
@@ -321,7 +322,8 @@ def _stem_factory(factory, stem_name: str):
 
     def build(*args, **kwargs):
         run_args = kwargs.get("args")
-        if isinstance(run_args, dict) and not any(k in str(run_args.get("dataset", "")) for k in ("cifar", "imagenet")):
+        if isinstance(run_args, dict) and (run_args.get("resolution") is not None or not any(
+                k in str(run_args.get("dataset", "")) for k in ("cifar", "imagenet"))):
             kwargs["args"] = {**run_args, "dataset": stem_name}
         return factory(*args, **kwargs)
 
