@@ -46,13 +46,21 @@ def _food101(root):
     return {"dataset": "food101", "data_root": str(root), **LARGE_IMAGES}
 
 
+def _imagefolder(root):
+    """A plain train/val tree read at a chosen resolution: decoded once to 24 x 24 arrays (CIFAR stem)."""
+    imagenet_tree(root, classes=[f"c{i}" for i in range(CLASSES)], per_class=6, val_per_class=2,
+                  size=(SIDE, SIDE), textured=True)
+    return {"dataset": "imagefolder", "data_root": str(root), "resolution": 24, "resolution_cache": False,
+            "train_per_class": 5}
+
+
 def _cifar100(root):
     cifar_tree(root, n_train=6 * CLASSES, n_test=2 * CLASSES, n_classes=CLASSES, textured=True)
     return {"dataset": "cifar100", "data_root": str(root)}
 
 
 DATASET_KINDS = {"synthetic": _synthetic, "tinyimagenet": _tinyimagenet, "imagenet100": _imagenet100,
-                 "food101": _food101, "cifar100": _cifar100}
+                 "food101": _food101, "cifar100": _cifar100, "imagefolder": _imagefolder}
 
 #: CIM settings that keep a run tiny: one meta iteration per epoch (0.5 x 2 new classes) on 4 + 4 images.
 CIM_KEYS = {"cim": True, "cim_mask": "cim", "meta_batch_size": 4, "cam_update_interval": 1}

@@ -12,7 +12,8 @@ from torchvision import transforms
 from generated_data import cifar_tree, food_tree, imagenet_tree, save_image, tiny_tree
 
 from cim_plugin.datasets import DATASETS, DatasetLayoutError, build_idata, dataset_names
-from cim_plugin.datasets.folders import CIFAR100Folder, Food101, ImageNet100, TinyImageNet
+from cim_plugin.datasets.cifar import CIFAR100Folder
+from cim_plugin.datasets.folders import Food101, ImageNet100, TinyImageNet
 from cim_plugin.datasets.synthetic import (SCALE_GROUPS, SyntheticShapes, class_specs, make_split, max_classes,
                                            render_objects)
 
@@ -139,14 +140,14 @@ def test_synthetic_bad_options(key, value, err):
 
 def test_registry_and_fallbacks(tmp_path):
     assert set(dataset_names()) == {"synthetic", "imagenet100", "imagenet1000", "food101", "tinyimagenet",
-                                    "cifar100"}
+                                    "cifar100", "imagefolder", "imagenette", "imagewoof", "miniimagenet"}
     assert build_idata("cifar10", {}) is None and build_idata("no-such", {"data_root": "/x"}) is None
     assert build_idata("cifar100", {}) is None  # PyCIL's own CIFAR-100
     assert isinstance(build_idata("cifar100", {"data_root": str(tmp_path)}), CIFAR100Folder)
     assert isinstance(build_idata("Synthetic", SMALL), SyntheticShapes)
     for name, cls in DATASETS.items():
         assert cls.name == name and isinstance(cls.option_keys, tuple) and cls.option_keys
-    for name in ("imagenet100", "imagenet1000", "food101", "tinyimagenet"):
+    for name in ("imagenet100", "imagenet1000", "food101", "tinyimagenet", "imagefolder", "miniimagenet"):
         with pytest.raises(DatasetLayoutError, match='add "data_root"'):
             build_idata(name, {})
     with pytest.raises(TypeError):

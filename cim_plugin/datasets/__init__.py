@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from .base import DatasetLayoutError, IData
-from .folders import (CIFAR100Folder, Food101, ImageFolder, Imagenette, ImageNet100, ImageNet1000, Imagewoof,
+from .cifar import CIFAR100Folder
+from .folders import (Food101, ImageFolder, Imagenette, ImageNet100, ImageNet1000, Imagewoof,
                       MiniImageNet, TinyImageNet)
 from .synthetic import SyntheticShapes
 

@@ -27,6 +27,7 @@ from ..config import (
     validate_run_keys,
     with_defaults,
 )
+from ..datasets import DatasetLayoutError
 from ..io import write_json
 from ..platform_info import numerics_key, platform_info
 from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
@@ -78,6 +79,7 @@ def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
     check_cim_support(config)  # a learner CIM cannot run on -> ConfigError with the reason, before importing it
     cls = learner_class(config["model_name"])  # unknown learner -> ConfigError listing valid ones
     check_convnet_type(config["convnet_type"])
+    check_dataset_options(config)
     check_constant_overrides(config, learner_modules(cls))
     for message in unknown_key_warnings(config, valid_keys(config)):
         log.warning(message)
@@ -85,6 +87,17 @@ def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
     config["_devices"] = resolve_devices(config["device"])
     distributed.setup(config)  # under torchrun: join the process group, one device per process
     return config
+
+
+def check_dataset_options(config: Dict[str, Any]) -> None:
+    """Build the plug-in's dataset object (cheap: nothing is read) so that a bad dataset key ("resolution" 0,
+    a synthetic size out of range...) is a ConfigError before anything is loaded or trained."""
+    try:
+        dataset_hook(config)(config["dataset"])
+    except (TypeError, ValueError) as err:
+        if isinstance(err, DatasetLayoutError):
+            raise
+        raise ConfigError(str(err)) from None
 
 
 def load_dataset(config: Dict[str, Any]):
