@@ -35,6 +35,10 @@ from .timing import codec_timed
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
+#: Exemplars decoded per call by :meth:`CompressedMemory.decode_list`: the upsampled float frames, masks and
+#: paste indices of one call are a few times the chunk's pixels (on a GPU, a whole memory of 224 px images at
+#: once would be tens of GB), while a chunk of 256 keeps the per-call overhead negligible.
+DECODE_CHUNK = 256
 _STATE_VERSION = 2  # 1: full low-res image per exemplar ("lowres_off"), converted on load
 
 
@@ -382,14 +386,19 @@ class CompressedMemory:
 
     def decode_list(self, indices=None) -> List[torch.Tensor]:
         """Decode exemplars of any sizes (all if ``indices`` is None): list of uint8 Tensor(3, H_i, W_i),
-        in the order of ``indices``; decoded in one batch per size."""
+        in the order of ``indices``; decoded in batches of one size, at most ``DECODE_CHUNK`` each."""
         idx = self._indices(range(len(self)) if indices is None else indices)
         out: List[torch.Tensor] = [None] * idx.numel()  # type: ignore[list-item]
-        for _, pos in self.size_groups(idx):
-            imgs = self.decode(idx[pos])
-            for p, img in zip(pos.tolist(), imgs):
-                out[p] = img
+        for _, group in self.size_groups(idx):
+            for pos in group.split(DECODE_CHUNK):
+                imgs = self.decode(idx[pos])
+                for p, img in zip(pos.tolist(), imgs):
+                    out[p] = img
         return out
+
+    def decoding_on(self, device) -> "CompressedMemory":
+        """This memory decoding on ``device`` (the raw codec decodes on the CPU wherever it runs: itself)."""
+        return self
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
