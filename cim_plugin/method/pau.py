@@ -176,6 +176,11 @@ def _activate_blocked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: to
     return out.view_as(x)
 
 
+def _takes_blocks(x: torch.Tensor, graph: bool) -> bool:
+    """Does the forward run :func:`_activate_blocked` on ``x`` (no graph to build, contiguous, over a block)?"""
+    return not graph and x.is_contiguous() and x.numel() > _block(x.device)
+
+
 class PAU(nn.Module):
     """Safe Padé activation unit ``y = P(x) / (1 + sum_k |b_k| |x|^k)``, degrees (5, 4).
 
@@ -241,10 +246,10 @@ class PAU(nn.Module):
             v = pade(_tail_points(x.device, wide), a.to(wide), b.to(wide))
             low, high = ((v[1] - v[0]) / TAIL_STEP).to(compute), ((v[3] - v[2]) / TAIL_STEP).to(compute)
             graph = torch.is_grad_enabled() and (xc.requires_grad or a.requires_grad or b.requires_grad)
-            if graph or not xc.is_contiguous() or xc.numel() <= _block(xc.device):
-                y = _activate(xc, a, b, low, high)
-            else:
+            if _takes_blocks(xc, graph):
                 y = _activate_blocked(xc, a, b, low, high)
+            else:
+                y = _activate(xc, a, b, low, high)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
