@@ -34,7 +34,7 @@ from .network import cam_of_output, copy_block, default_logits, default_to_input
 from .herding import herding_order
 from .memory import CompressedMemory
 from .jpeg_auto import choose_quality
-from .memory_kinds import augment_compressor, make_memory, memory_from_state
+from .memory_kinds import augment_compressor, decoding_on, make_memory, memory_from_state
 from .records import class_means, exemplar_record, phase_report
 from .rng import random_streams_untouched
 from .timing import codec_seconds, timed
@@ -103,7 +103,7 @@ class CIM:
                 raise TypeError(f"start_phase got an unexpected keyword {key!r}")
             setattr(self, key, value)
         if getattr(self, "memory", None) is not None:  # a restored memory may hold the writer's device
-            self.memory = self.memory.decoding_on(self.decode_device)
+            self.memory = decoding_on(self.memory, self.decode_device)
         self.task, self.known, self.total, self.epoch = int(task), int(known_classes), int(total_classes), 0
         self.budget_images, self.class_budget_images = budget_images, class_budget_images
         self.train_new: Optional[CompressAugmentDataset] = None

@@ -17,6 +17,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from .boxes import full_boxes
 from .codec import compress
 from .memory import CompressedMemory
+from .memory_kinds import decoding_on
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -74,7 +75,7 @@ class ExemplarDataset(Dataset):
         decoded_bytes = int((3 * sizes[:, 0] * sizes[:, 1]).sum()) if len(memory) else 0
         self._decoded: Optional[List[torch.Tensor]] = (
             memory.decode_list() if 0 < decoded_bytes <= limit else None)
-        self._per_item = memory.decoding_on("cpu")  # used in loader workers (forked: no CUDA there)
+        self._per_item = decoding_on(memory, "cpu")  # used in loader workers (forked: no CUDA there)
 
     def __len__(self) -> int:
         return len(self.memory)

@@ -30,15 +30,11 @@ from .codec import box_nbytes, compress, decode, encode, exemplar_nbytes, frame_
 from .fit import first_within, keep_within_shares, prefix_within
 from .herding import herding_order
 from .memory_state import atomic_save, check_state
-from .packing import INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
+from .packing import DECODE_CHUNK, INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
 from .timing import codec_timed
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
-#: Exemplars decoded per call by :meth:`CompressedMemory.decode_list`: the upsampled float frames, masks and
-#: paste indices of one call are a few times the chunk's pixels (on a GPU, a whole memory of 224 px images at
-#: once would be tens of GB), while a chunk of 256 keeps the per-call overhead negligible.
-DECODE_CHUNK = 256
 _STATE_VERSION = 2  # 1: full low-res image per exemplar ("lowres_off"), converted on load
 
 
@@ -389,16 +385,10 @@ class CompressedMemory:
         in the order of ``indices``; decoded in batches of one size, at most ``DECODE_CHUNK`` each."""
         idx = self._indices(range(len(self)) if indices is None else indices)
         out: List[torch.Tensor] = [None] * idx.numel()  # type: ignore[list-item]
-        for _, group in self.size_groups(idx):
-            for pos in group.split(DECODE_CHUNK):
-                imgs = self.decode(idx[pos])
-                for p, img in zip(pos.tolist(), imgs):
-                    out[p] = img
+        for pos in (part for _, group in self.size_groups(idx) for part in group.split(DECODE_CHUNK)):
+            for p, img in zip(pos.tolist(), self.decode(idx[pos])):
+                out[p] = img
         return out
-
-    def decoding_on(self, device) -> "CompressedMemory":
-        """This memory decoding on ``device`` (the raw codec decodes on the CPU wherever it runs: itself)."""
-        return self
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
