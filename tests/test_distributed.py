@@ -102,6 +102,17 @@ def test_six_runs_finish_under_two_processes(six_runs):
                                                                                    results["phases"]])
 
 
+def test_results_and_log_record_two_gloo_processes_and_their_devices(six_runs):
+    """A data-parallel result says so: world size, backend and each process's device (issue 31, item 10)."""
+    work, result = six_runs
+    assert result.returncode == 0, result.stderr[-5000:]
+    for learner, cim in CASES:
+        folder = work / f"{learner}_{int(cim)}"
+        results = json.loads((folder / "results.json").read_text())
+        assert results["processes"] == {"world_size": 2, "backend": "gloo", "devices": [["cpu"], ["cpu"]]}
+        assert "processes: world size 2, backend gloo, devices [['cpu'], ['cpu']]" in (folder / "run.log").read_text()
+
+
 def test_network_memory_and_phi_are_identical_on_both_processes(six_runs):
     work, result = six_runs
     assert result.returncode == 0, result.stderr[-5000:]

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cam import cam_from_feature_maps
-from .cim_branch import CIMBranch
+from .cim_branch import DATA_PARALLEL, CIMBranch
 
 __all__ = ["meta_step", "cam_mask_fn", "hybrid_input"]
 
@@ -149,9 +149,9 @@ def meta_step(*, network: nn.Module, branch: CIMBranch, phi_optimizer: torch.opt
         (``mean(c²)``), ``mask_mean`` (``mean(c)``, the kept fraction) and ``phi_grad_norm`` (before
         clipping).
     """
-    if isinstance(network, nn.DataParallel):
-        raise TypeError("meta_step needs the unwrapped network (net.module), not nn.DataParallel: the CIM "
-                        "branch's ReLU interception is thread-local")
+    if isinstance(network, DATA_PARALLEL):
+        raise TypeError(f"meta_step needs the unwrapped network (net.module), not {type(network).__name__}: the "
+                        "CIM branch's ReLU interception is thread-local, and a DDP forward arms a gradient all-reduce")
     if not isinstance(network, nn.Module):
         raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
     if not isinstance(branch, CIMBranch):

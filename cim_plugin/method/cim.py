@@ -34,7 +34,7 @@ from .network import cam_of_output, copy_block, default_logits, default_to_input
 from .herding import herding_order
 from .memory import CompressedMemory
 from .jpeg_auto import choose_quality
-from .memory_kinds import augment_compressor, make_memory, memory_from_state
+from .memory_kinds import augment_compressor, decoding_on, make_memory, memory_from_state
 from .records import class_means, exemplar_record, phase_report
 from .rng import random_streams_untouched
 from .timing import codec_seconds, timed
@@ -52,6 +52,12 @@ class BudgetTooSmall(ValueError):
 class CIM:
     """Class-Incremental exemplar compression, framework-free. See the module docstring for a phase.
 
+    One JPEG decoder per run, whatever ``device``: JPEG exemplars decode with libjpeg on the CPU
+    (:attr:`decode_device`), as the compression augmentation and ``"jpeg_quality": "auto"`` do, so the
+    augmentation shows the look the memory replays and a run's pixels do not depend on the device it ran or
+    resumed on (nvJPEG's IDCT and chroma upsampling differ from libjpeg's); CUDA also stays out of loader
+    workers. Results name it (``jpeg_decoder``).
+
     Args:
         config: CIM keys (``CIM_KEYS``, defaults ``cim_plugin.config.CIM_DEFAULTS``); other keys ignored.
         seed: seeds CIM's own generator (meta batches, random boxes) and the augmentation coins.
@@ -61,6 +67,8 @@ class CIM:
             host's training loss for the inner step (default CE), ``logits_fn(out)``.
         device: where network inputs go.
     """
+
+    decode_device = "cpu"
 
     def __init__(self, config: Optional[Mapping[str, Any]] = None, *, seed: int = 0, view: Optional[Callable] = None,
                  to_input: Optional[Callable] = None, inner_loss: Optional[Callable] = None,
@@ -94,6 +102,8 @@ class CIM:
             if key not in HOST_CALLABLES + ("device",):
                 raise TypeError(f"start_phase got an unexpected keyword {key!r}")
             setattr(self, key, value)
+        if getattr(self, "memory", None) is not None:  # a restored memory may hold the writer's device
+            self.memory = decoding_on(self.memory, self.decode_device)
         self.task, self.known, self.total, self.epoch = int(task), int(known_classes), int(total_classes), 0
         self.budget_images, self.class_budget_images = budget_images, class_budget_images
         self.train_new: Optional[CompressAugmentDataset] = None
@@ -185,7 +195,7 @@ class CIM:
         for k, (label, images, source) in enumerate(classes):
             if self.memory is None:
                 self.image_bytes = 3 * int(images.shape[-2]) * int(images.shape[-1])
-                self.memory = make_memory(self.budget_bytes(), self.config, self.device)
+                self.memory = make_memory(self.budget_bytes(), self.config, self.decode_device)
             memory = self.memory
             budget = self.class_budget_bytes()
             if k == 0:
@@ -219,7 +229,7 @@ class CIM:
         self.jpeg_auto = choose_quality(boxed, self.class_budget_bytes(), self.total, self.config,
                                         lambda x, y: self._forward_chunks(network, x, y)[0])
         config = {**self.config, "jpeg_quality": self.jpeg_auto["quality"]}
-        self.memory = make_memory(self.budget_bytes(), config, self.device)
+        self.memory = make_memory(self.budget_bytes(), config, self.decode_device)
         return classes
 
     def _class_means(self, network: nn.Module) -> np.ndarray:
@@ -410,7 +420,7 @@ class CIM:
         self.config, self.seed = dict(state["config"]), int(state["seed"])
         self.generator = torch.Generator()
         self.generator.set_state(state["generator"])
-        self.memory = None if state["memory"] is None else memory_from_state(state["memory"], self.device)
+        self.memory = None if state["memory"] is None else memory_from_state(state["memory"], self.decode_device)
         self.image_bytes, self.task, self.branch_task = state["image_bytes"], state["task"], state["branch_task"]
         self.branch = None
         if state["branch"] is not None:

@@ -20,11 +20,16 @@ from typing import Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.overrides import TorchFunctionMode
 
 from .pau import FIT_RANGE, PAU, relu_fit_coefficients
 
-__all__ = ["CIMBranch", "RELU_FUNCTIONS", "ZERO_AT_ZERO", "count_relu_sites"]
+__all__ = ["CIMBranch", "DATA_PARALLEL", "RELU_FUNCTIONS", "ZERO_AT_ZERO", "count_relu_sites"]
+
+#: Wrappers CIM refuses: DataParallel's replicas run in threads without the ReLU interception; a forward through
+#: DDP with autograd arms its gradient all-reduce for a backward the branch and the inner step never make.
+DATA_PARALLEL = (nn.DataParallel, DistributedDataParallel)
 
 #: New PAUs hold P(0) = 0 (see :class:`~cim_plugin.method.pau.PAU`). A ReLU maps the convs' zero padding and silent
 #: channels to 0; a PAU whose constant a_0 is learned (the official init starts it at 0.030) lets the meta
@@ -40,10 +45,11 @@ RELU_FUNCTIONS = frozenset({
 
 
 def _check_network(network) -> None:
-    if isinstance(network, nn.DataParallel):
-        raise TypeError("CIMBranch cannot run through nn.DataParallel: its replicas run in worker threads "
-                        "where the ReLU interception (a thread-local TorchFunctionMode) is not active. Pass "
-                        "the wrapped module instead, e.g. branch(net.module, x)")
+    if isinstance(network, DATA_PARALLEL):
+        raise TypeError(f"CIMBranch cannot run through {type(network).__name__}: DataParallel's replicas run "
+                        "in worker threads where the ReLU interception (a thread-local TorchFunctionMode) is not "
+                        "active, and DistributedDataParallel would arm a gradient all-reduce for each forward. "
+                        "Pass the wrapped module instead, e.g. branch(net.module, x)")
     if not isinstance(network, nn.Module):
         raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
 

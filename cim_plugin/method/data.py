@@ -17,6 +17,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from .boxes import full_boxes
 from .codec import compress
 from .memory import CompressedMemory
+from .memory_kinds import decoding_on
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -59,7 +60,8 @@ class ExemplarDataset(Dataset):
     phase): a per-item decode costs about 1 ms of fixed overhead, 70x the batched cost, and would sit
     on the loader's hot path. The decoded copies are transient working memory for this phase's loader
     (PyCIL keeps raw exemplars in RAM the same way); what the budget counts is the stored memory.
-    Above `cache_bytes` of decoded pixels the dataset decodes per item instead.
+    Above `cache_bytes` of decoded pixels the dataset decodes per item instead, on the CPU whatever the
+    memory's device: items are made in the loader's forked workers, where CUDA cannot be initialised.
     """
 
     CACHE_BYTES = 2 << 30
@@ -73,12 +75,13 @@ class ExemplarDataset(Dataset):
         decoded_bytes = int((3 * sizes[:, 0] * sizes[:, 1]).sum()) if len(memory) else 0
         self._decoded: Optional[List[torch.Tensor]] = (
             memory.decode_list() if 0 < decoded_bytes <= limit else None)
+        self._per_item = decoding_on(memory, "cpu")  # used in loader workers (forked: no CUDA there)
 
     def __len__(self) -> int:
         return len(self.memory)
 
     def __getitem__(self, idx):
-        decoded = self.memory.decode_one(idx) if self._decoded is None else self._decoded[idx]
+        decoded = self._per_item.decode_one(idx) if self._decoded is None else self._decoded[idx]
         return idx, self.trsf(to_pil(decoded)), int(self.labels[idx])
 
 

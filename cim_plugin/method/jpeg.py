@@ -54,12 +54,24 @@ def encode_streams(images: Sequence[torch.Tensor], quality: int) -> List[torch.T
 
 
 def decode_streams(streams: Sequence[torch.Tensor], device="cpu") -> List[torch.Tensor]:
-    """Decode JPEG streams (uint8 1-D, CPU) on ``device`` (a CUDA device decodes on the GPU, batched):
-    list of uint8 Tensor(3, h_i, w_i) on that device."""
+    """Decode JPEG streams (uint8 1-D, CPU) on ``device`` (a CUDA device decodes on the GPU with nvJPEG, batched;
+    any other device decodes with libjpeg on the CPU and moves the images there): list of uint8 Tensor(3, h_i,
+    w_i) on that device.
+
+    On CUDA the device is synchronised before the images are handed back: torchvision's GPU decoder works on
+    streams of its own, and the caching allocator may give blocks freed by the caller's stream to the decoder's
+    outputs (or reuse the outputs' blocks) while work queued on another stream still reads them, which shows up
+    as corrupted images in a later decode (torchvision's known stream-ordering hazard of batched GPU decoding).
+    CIM's runs decode on the CPU (:attr:`cim_plugin.method.cim.CIM.decode_device`); this path is for callers
+    that ask for the GPU."""
     if len(streams) == 0:
         return []
     device = torch.device(device)
-    out = decode_jpeg(list(streams), mode=ImageReadMode.RGB, device=device)
+    if device.type == "cuda":
+        out = decode_jpeg(list(streams), mode=ImageReadMode.RGB, device=device)
+        torch.cuda.synchronize(device)
+        return list(out)
+    out = decode_jpeg(list(streams), mode=ImageReadMode.RGB)
     return [im.to(device) for im in out]
 
 

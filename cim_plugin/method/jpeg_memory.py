@@ -12,12 +12,14 @@ entropy-coded scans, in ``payload`` at ``frame_off`` / ``crop_off`` with lengths
 ``crop_len`` (0: no stream); the header (SOI .. SOS header, the quantisation and Huffman tables) is
 held once per memory. Bytes held = scans + boxes + the header (once, while the memory is not empty).
 Decoding rebuilds each stream (header + the size from the box + scan + EOI), decodes the streams in
-one batch on ``device`` (the GPU when it is a CUDA device) and pastes the crops into the upsampled
-frames, as the raw codec does. What is herded is what is stored: :meth:`JpegMemory.compressed`.
+one batch on ``device`` (the GPU when it is a CUDA device; CIM's runs use the CPU, see ``CIM.decode_device``)
+and pastes the crops into the upsampled frames, as the raw codec does. What is herded is what is stored:
+:meth:`JpegMemory.compressed`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import List, Optional, Tuple
 
 import torch
@@ -55,6 +57,20 @@ class JpegMemory(CompressedMemory):
         self._header = table_header(self.quality)
         self._fr_len = torch.zeros(0, dtype=torch.long)
         self._cr_len = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def decoder(self) -> str:
+        """Which JPEG decoder this memory uses: "nvjpeg (cuda:K)" or "libjpeg (cpu)"."""
+        device = torch.device(self.device)
+        return f"nvjpeg ({device})" if device.type == "cuda" else "libjpeg (cpu)"
+
+    def decoding_on(self, device) -> "JpegMemory":
+        """This memory (its stored bytes shared, not copied) decoding on ``device``."""
+        if torch.device(device) == torch.device(self.device):
+            return self
+        twin = copy.copy(self)
+        twin.device = device
+        return twin
 
     def __repr__(self) -> str:
         return "JpegMemory" + super().__repr__()[len("CompressedMemory"):-1] + f", quality={self.quality})"
@@ -104,12 +120,17 @@ class JpegMemory(CompressedMemory):
         boxes = boxes.long().cpu()
         low = torch.zeros(len(boxes), 3, h, w, dtype=torch.uint8, device=self.device)
         with_frame = [i for i, s in enumerate(frames) if s is not None]
-        if with_frame:
-            low[with_frame] = torch.stack(decode_streams([frames[i] for i in with_frame], self.device))
         with_crop = [i for i, s in enumerate(crops) if s is not None]
-        flat = [c.permute(1, 2, 0).reshape(-1) for c in decode_streams([crops[i] for i in with_crop], self.device)]
+        # One decoder call for frames and crops: its outputs stay referenced until they are copied below, so no
+        # block freed between two GPU decodes can be reused under the decoder (see decode_streams).
+        decoded = decode_streams([frames[i] for i in with_frame] + [crops[i] for i in with_crop], self.device)
+        if with_frame:
+            low[with_frame] = torch.stack(decoded[: len(with_frame)])
+        flat = [c.permute(1, 2, 0).reshape(-1) for c in decoded[len(with_frame):]]
         crop_bytes = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.uint8, device=low.device)
-        return _paste(low, crop_bytes, boxes.to(low.device), (H, W))
+        out = _paste(low, crop_bytes, boxes.to(low.device), (H, W))
+        del decoded
+        return out
 
     @codec_timed
     def compressed(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .codec import box_nbytes, compress, decode, encode, exemplar_nbytes, frame_
 from .fit import first_within, keep_within_shares, prefix_within
 from .herding import herding_order
 from .memory_state import atomic_save, check_state
-from .packing import INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
+from .packing import DECODE_CHUNK, INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
 from .timing import codec_timed
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
@@ -382,12 +382,11 @@ class CompressedMemory:
 
     def decode_list(self, indices=None) -> List[torch.Tensor]:
         """Decode exemplars of any sizes (all if ``indices`` is None): list of uint8 Tensor(3, H_i, W_i),
-        in the order of ``indices``; decoded in one batch per size."""
+        in the order of ``indices``; decoded in batches of one size, at most ``DECODE_CHUNK`` each."""
         idx = self._indices(range(len(self)) if indices is None else indices)
         out: List[torch.Tensor] = [None] * idx.numel()  # type: ignore[list-item]
-        for _, pos in self.size_groups(idx):
-            imgs = self.decode(idx[pos])
-            for p, img in zip(pos.tolist(), imgs):
+        for pos in (part for _, group in self.size_groups(idx) for part in group.split(DECODE_CHUNK)):
+            for p, img in zip(pos.tolist(), self.decode(idx[pos])):
                 out[p] = img
         return out
 

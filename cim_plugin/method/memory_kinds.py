@@ -11,7 +11,7 @@ import torch
 from .jpeg_memory import JpegMemory
 from .memory import CompressedMemory
 
-__all__ = ["make_memory", "memory_from_state", "load_memory", "augment_compressor"]
+__all__ = ["make_memory", "memory_from_state", "load_memory", "augment_compressor", "decoding_on"]
 
 
 def make_memory(budget_bytes: int, config: Mapping[str, Any], device="cpu") -> CompressedMemory:
@@ -27,6 +27,12 @@ def make_memory(budget_bytes: int, config: Mapping[str, Any], device="cpu") -> C
         return JpegMemory(budget_bytes, ratio, implicit_boxes=implicit, quality=config.get("jpeg_quality", 75),
                           device=device)
     raise ValueError(f"unknown exemplar codec {codec!r} (expected 'raw' or 'jpeg')")
+
+
+def decoding_on(memory: CompressedMemory, device) -> CompressedMemory:
+    """``memory`` decoding on ``device`` (a JPEG memory's twin sharing its bytes; the raw codec decodes on the
+    CPU wherever it runs, so a raw memory is returned as it is)."""
+    return memory.decoding_on(device) if isinstance(memory, JpegMemory) else memory
 
 
 def memory_from_state(state: Mapping[str, Any], device="cpu") -> CompressedMemory:

@@ -9,6 +9,10 @@ import torch
 from .codec import _check_uint8_images
 
 INT16_MAX = 32767  # boxes are stored as int16
+#: Exemplars decoded per call by ``CompressedMemory.decode_list``: the upsampled float frames, masks and paste
+#: indices of one call are a few times the chunk's pixels (on a GPU, a whole memory of 224 px images at once
+#: would be tens of GB), while a chunk of 256 keeps the per-call overhead negligible.
+DECODE_CHUNK = 256
 
 
 def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,14 @@ FIT_RANGE = 3.0
 TAIL_START = 8.0  # |x| beyond which a PAU continues linearly (see PAU.forward)
 TAIL_STEP = 0.01
 CPU_BLOCK = 1 << 18  # elements per block of the graph-free CPU forward (1 MiB of float32)
+# ... on a GPU (and any other device): 64 MiB of float32, so a 256 x 64 x 112 x 112 activation's ~20 elementwise
+# passes make temporaries of one block (not hundreds of MB each) in a few hundred kernel launches
+GPU_BLOCK = 1 << 24
+
+
+def _block(device: torch.device) -> int:
+    """Elements per block of the graph-free forward on ``device``."""
+    return CPU_BLOCK if device.type == "cpu" else GPU_BLOCK
 
 
 def pade(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -150,7 +158,9 @@ def _activate(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.Tens
 
 def _activate_blocked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.Tensor,
                       high: torch.Tensor) -> torch.Tensor:
-    """:func:`_activate` without a graph on a contiguous CPU tensor, in blocks of ``CPU_BLOCK`` elements.
+    """:func:`_activate` without a graph on a contiguous tensor, in blocks of ``CPU_BLOCK`` elements on the CPU,
+    ``GPU_BLOCK`` elsewhere (on a GPU the point is memory: each elementwise pass would otherwise allocate a
+    temporary of the activation's whole size).
 
     The same operations on the same values, so bitwise the same result; but the ~20 elementwise passes
     of a block run while it sits in the CPU cache, instead of streaming the whole activation through
@@ -160,9 +170,15 @@ def _activate_blocked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: to
     """
     flat = x.view(-1)
     out = torch.empty_like(flat)
-    for start in range(0, flat.numel(), CPU_BLOCK):
-        _activate(flat[start : start + CPU_BLOCK], a, b, low, high, out=out[start : start + CPU_BLOCK])
+    block = _block(x.device)
+    for start in range(0, flat.numel(), block):
+        _activate(flat[start : start + block], a, b, low, high, out=out[start : start + block])
     return out.view_as(x)
+
+
+def _takes_blocks(x: torch.Tensor, graph: bool) -> bool:
+    """Does the forward run :func:`_activate_blocked` on ``x`` (no graph to build, contiguous, over a block)?"""
+    return not graph and x.is_contiguous() and x.numel() > _block(x.device)
 
 
 class PAU(nn.Module):
@@ -230,10 +246,10 @@ class PAU(nn.Module):
             v = pade(_tail_points(x.device, wide), a.to(wide), b.to(wide))
             low, high = ((v[1] - v[0]) / TAIL_STEP).to(compute), ((v[3] - v[2]) / TAIL_STEP).to(compute)
             graph = torch.is_grad_enabled() and (xc.requires_grad or a.requires_grad or b.requires_grad)
-            if graph or xc.device.type != "cpu" or not xc.is_contiguous() or xc.numel() <= CPU_BLOCK:
-                y = _activate(xc, a, b, low, high)
-            else:
+            if _takes_blocks(xc, graph):
                 y = _activate_blocked(xc, a, b, low, high)
+            else:
+                y = _activate(xc, a, b, low, high)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

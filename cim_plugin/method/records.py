@@ -80,4 +80,5 @@ def phase_report(cim) -> Dict[str, Any]:
         "seconds": {**{k: round(v, 3) for k, v in cim.seconds.items()},  # codec: encode + decode, all parts
                     "codec": round(codec_seconds(memory) - cim.codec_start, 3)}, "calls": dict(cim.calls),
         "jpeg_quality": getattr(memory, "quality", None), "jpeg_auto": getattr(cim, "jpeg_auto", None),
+        "jpeg_decoder": getattr(memory, "decoder", None),
     }

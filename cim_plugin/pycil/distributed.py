@@ -123,8 +123,10 @@ class EpochShardedLoader(DataLoader):
 class Context:
     """This process's place in the job (world 1 outside torchrun: every method does what one process does)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, device: Optional[torch.device] = None):
+    def __init__(self, rank: int = 0, world: int = 1, device: Optional[torch.device] = None,
+                 backend: Optional[str] = None):
         self.rank, self.world, self.device = rank, world, device or torch.device("cpu")
+        self.backend = backend  # the process group's ("nccl", "gloo"); None in one process
         self.replicas = Replicas(rank, world) if world > 1 else None
         self.seed_fn: Callable[[], int] = lambda: 0
         self.debug: Dict[str, Any] = {}
@@ -156,6 +158,18 @@ class Context:
         if error is not None:
             raise ConfigError(error)
         return result
+
+    def processes(self, devices: List[Any]) -> Dict[str, Any]:
+        """Where the run ran, for results.json and run.log: ``world_size``, ``backend`` (None in one process)
+        and ``devices``, each process's device list in rank order (gathered under torchrun; in one process
+        the config's devices, several for DataParallel)."""
+        own = [str(d) for d in devices]
+        if self.active:
+            every: List[Any] = [None] * self.world
+            dist.all_gather_object(every, own)
+        else:
+            every = [own]
+        return {"world_size": self.world, "backend": self.backend, "devices": every}
 
     def rng_states(self, own: Dict[str, Any]) -> Dict[str, Any]:
         """The checkpoint's random states: ``{"rng": own}``, and under torchrun ``"rng_ranks"``, every
@@ -255,7 +269,7 @@ class Context:
             log.warning("process %d built a memory that differs from process 0's (non-deterministic kernels?); "
                         "process 0's is used on every process", self.rank)
         if cim is not None:
-            cim.memory = memory_from_state(shared["memory"], cim.device)
+            cim.memory = memory_from_state(shared["memory"], cim.decode_device)
             cim.sources, cim.cams = shared["sources"], shared["cams"]
         else:
             learner._data_memory, learner._targets_memory = shared["data"], shared["targets"]
@@ -344,10 +358,7 @@ def setup(config: Dict[str, Any]) -> Context:
     if batch is not None:
         local_batch(batch, world)
     if config["_devices"][0].type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise ConfigError(f"process {rank} has LOCAL_RANK {local} but this node has {torch.cuda.device_count()} "
-                              f"GPU(s); give torchrun --nproc_per_node at most that many")
-        device, backend = torch.device("cuda", local), "nccl"
+        device, backend = torch.device("cuda", process_gpu(rank, local)), "nccl"
         torch.cuda.set_device(device)
     else:
         device, backend = torch.device("cpu"), "gloo"
@@ -355,8 +366,22 @@ def setup(config: Dict[str, Any]) -> Context:
         timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 1800)))
         dist.init_process_group(backend, timeout=timeout)
     config["_devices"] = [device]
-    _CONTEXT = Context(rank, world, device)
+    _CONTEXT = Context(rank, world, device, backend)
     return _CONTEXT
+
+
+def process_gpu(rank: int, local: int) -> int:
+    """This process's GPU index: ``LOCAL_RANK`` among the GPUs it sees, or 0 when a launcher gives each
+    process one GPU of its own (``CUDA_VISIBLE_DEVICES`` set per process, e.g. Slurm's GPU binding), whatever
+    its LOCAL_RANK. ConfigError when LOCAL_RANK names a GPU this process cannot see."""
+    count = torch.cuda.device_count()
+    if local < count:
+        return local
+    if count == 1 and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return 0
+    raise ConfigError(f"process {rank} has LOCAL_RANK {local} but sees {count} GPU(s) "
+                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give torchrun "
+                      f"--nproc_per_node at most {count}, or give each process one GPU of its own")
 
 
 def shutdown() -> None:

@@ -265,6 +265,11 @@ def resolve_devices(spec: List[Any]) -> List[torch.device]:
     # Duplicate CPU entries make no sense for DataParallel: one CPU is one device.
     if all(d.type == "cpu" for d in devices):
         devices = [torch.device("cpu")]
+    elif any(d.type == "cpu" for d in devices):  # nn.DataParallel runs on GPUs only
+        raise ConfigError(f'"device" {list(spec)} mixes the CPU and GPUs; DataParallel needs GPUs only: '
+                          f'list GPU ids (e.g. ["0", "1"]) or "cpu" alone')
+    if len(set(devices)) < len(devices):
+        raise ConfigError(f'"device" {list(spec)} names a GPU twice; list each GPU id once')
     return devices
 
 

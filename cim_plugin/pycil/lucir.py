@@ -146,6 +146,9 @@ class LUCIR(BaseLearner):
     """LUCIR on PyCIL's BaseLearner (herding memory, CNN + NME evaluation)."""
 
     def __init__(self, args):
+        if len(args["device"]) > 1:  # its loops run on self._device only: the other GPUs would sit idle
+            raise ConfigError(f'lucir runs on one device (it has no DataParallel branch), "device" lists '
+                              f'{len(args["device"])}: give one, e.g. "device": ["0"]')
         super().__init__(args)
         self._lucir = settings()
         self._network = CosineIncrementalNet(args, False)

@@ -19,8 +19,9 @@ Independent of PyCIL.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -194,17 +195,31 @@ def max_output_difference(reference: nn.Module, other: nn.Module, example_shape:
     return output_difference_and_scale(reference, other, example_shape, trials, key)[0]
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """TF32 off for CUDA convolutions and matmuls inside the block (restored after). TF32, the default of cuDNN's
+    convolutions on Ampere and later GPUs, keeps 10 mantissa bits: two mathematically equal networks then differ
+    by ~1e-3 relative, far above float32's round-off that a tolerance like der_p's 1e-4 is set for."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def output_difference_and_scale(reference: nn.Module, other: nn.Module, example_shape: Sequence[int],
                                 trials: int = 2, key: str = "features") -> Tuple[float, float]:
     """(largest |reference(x) - other(x)|, largest |reference(x)|) over the same `trials` random inputs
-    x ~ N(0, 1) of shape `example_shape` (both modules in eval mode; their modes are restored)."""
+    x ~ N(0, 1) of shape `example_shape` (both modules in eval mode; their modes are restored), computed in
+    full float32 (TF32 off, see :func:`full_float32`)."""
     states = {m: m.training for m in list(reference.modules()) + list(other.modules())}
     reference.eval()
     other.eval()
     param = next(reference.parameters())
     worst, scale = 0.0, 0.0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             for t in range(trials):
                 gen = torch.Generator().manual_seed(1000 + t)
                 x = torch.randn(*example_shape, generator=gen, dtype=param.dtype).to(param.device)

@@ -239,6 +239,9 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
             check_budget_fits(config, learner, data_manager)
             topk = learner.topk
             results = _results_skeleton(config, seed, args)
+            results["processes"] = ddp.processes(args["device"])  # collective under torchrun
+            logging.info("processes: world size %d, backend %s, devices %s", results["processes"]["world_size"],
+                         results["processes"]["backend"] or "none (one process)", results["processes"]["devices"])
             rows: List[List[Optional[float]]] = []
             first_task = 0
             ckpt_path = out_dir / checkpoint.CHECKPOINT
@@ -252,8 +255,10 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                         f"resume with the same config or choose another --out folder"
                     )
                 checkpoint.restore_learner(learner, saved["learner"])
-                here = results["platform"]
+                here, processes = results["platform"], results["processes"]
                 results, rows = saved["results"], saved["rows"]
+                if results.get("processes") != processes:  # resumed with other processes or devices
+                    results.setdefault("resumed_processes", []).append(processes)
                 if numerics_key(results.get("platform")) != numerics_key(here):  # phases from two platforms
                     results.setdefault("resumed_on", []).append(here)
                 first_task = saved["phase"] + 1
