@@ -120,9 +120,10 @@ def ignored_value_warnings(given: Iterable[str], config: Dict[str, Any], dataset
     """Keys the config sets whose values nothing will read in this run (each key once).
 
     ``given``: the keys the config file sets (before defaults); ``config``: with defaults; ``dataset_keys``:
-    dataset name -> the option keys it reads. Reported: a dataset option of another dataset than the run's,
-    ``jpeg_quality`` without ``"exemplar_codec": "jpeg"``, and (``strict`` only: a baseline config often
-    carries the keys of its CIM variant, as the benchmark's do) CIM keys without ``"cim": true``.
+    dataset name -> the option keys it reads. Reported: a dataset option of another dataset than the run's;
+    with ``strict`` only (a config often carries the keys of its variants, as the benchmark's do: CIM's keys
+    in the baseline, ``jpeg_quality`` for the JPEG variant) CIM keys without ``"cim": true`` and
+    ``jpeg_quality`` without ``"exemplar_codec": "jpeg"``.
     """
     given = [k for k in given if k != "cim"]
     out = []
@@ -136,7 +137,7 @@ def ignored_value_warnings(given: Iterable[str], config: Dict[str, Any], dataset
             out.append(f'config key "{key}" is read by dataset(s) {readers} only, and this run\'s "dataset" is '
                        f'{config.get("dataset")!r}: its value is ignored (remove it)')
     cim_on = config.get("cim") is True
-    if cim_on and "jpeg_quality" in given and config.get("exemplar_codec") != "jpeg":
+    if strict and cim_on and "jpeg_quality" in given and config.get("exemplar_codec") != "jpeg":
         out.append(f'"jpeg_quality" is set but "exemplar_codec" is {config.get("exemplar_codec")!r}: the quality is '
                    f'ignored (set "exemplar_codec": "jpeg", or remove "jpeg_quality")')
     unused_cim = [k for k in given if k in CIM_DEFAULTS]
@@ -168,8 +169,8 @@ def _suggestion(key: str) -> str:
 def _require_number(config, key, *, low=None, high=None, low_open=False, high_open=False, integer=False):
     value = config[key]
     kind = "an integer" if integer else "a number"
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    lo = "(" if low_open or low is None else "["
+    hi = ")" if high_open or high is None else "]"
     rng = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f'"{key}" must be {kind} in {rng}, got {value!r}{_suggestion(key)}')
