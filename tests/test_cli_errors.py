@@ -1,7 +1,6 @@
 """Bad input through exps/run.py: one clear message and exit code 2, never a deep stack trace."""
 
 import io
-import json
 import os
 import subprocess
 import sys

@@ -208,11 +208,8 @@ def check_convnet_type(name: str) -> None:
     valid = convnet_names()
     if not valid or name.lower() in valid:
         return
-    from ..config import closest_key
-
-    hint = closest_key(name.lower(), valid)
     raise ConfigError(f'unknown "convnet_type" {name!r}; PyCIL (utils/inc_net.get_convnet) builds {valid}'
-                      + (f'; did you mean "{hint}"?' if hint else ""))
+                      f'{did_you_mean(name, valid)} (fix: set "convnet_type" to one of them)')
 
 
 _ARG_KEY = re.compile(r"""args(?:\[\s*|\.get\(\s*)["']([A-Za-z0-9_]+)["']""")
