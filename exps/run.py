@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a PyCIL JSON config through cim-plugin.
 
-    python exps/run.py exps/demo.json [--out DIR]
+    python exps/run.py exps/demo.json [--out DIR] [--resume | --overwrite] [--strict]
     python exps/run.py --config exps/der_cim.json      # PyCIL main.py's spelling works too
 
 Without "cim": true the run is PyCIL's own code path (same numbers as PyCIL's main.py);

@@ -67,8 +67,28 @@ def test_run_keys_validated():
 )
 def test_cim_keys_out_of_range(key, value):
     cfg = _base(**{key: value})
-    with pytest.raises(ConfigError, match=f'"{key}"'):
+    with pytest.raises(ConfigError, match=f'"{key}"') as err:
         validate_cim_keys(cfg)
+    assert "(fix: " in str(err.value), str(err.value)  # every range error says the fix
+
+
+@pytest.mark.parametrize("key,value", [
+    ("memory_size", -100), ("memory_size", "2000"), ("init_cls", 0), ("increment", 2.5), ("seed", "x"),
+    ("device", []), ("dataset", 3), ("strict", "yes"), ("fixed_memory", True),
+])
+def test_run_keys_out_of_range_say_the_fix(key, value):
+    cfg = _base(**{key: value})
+    if key == "fixed_memory":
+        cfg["memory_per_class"] = -1
+    with pytest.raises(ConfigError) as err:
+        validate_run_keys(cfg)
+    assert "(fix: " in str(err.value), str(err.value)
+
+
+def test_inf_bounds_are_open():
+    with pytest.raises(ConfigError, match=re.escape('"memory_size" must lie in [0, inf), got -100 (fix: e.g. '
+                                                    '"memory_size": 2000')):
+        validate_run_keys(_base(memory_size=-100))
 
 
 def test_cim_defaults_are_the_papers():

@@ -59,3 +59,26 @@ def test_resume_refuses_a_different_config(tmp_path):
     result = run_cli([other, "--out", tmp_path / "run", "--resume"])
     assert result.returncode == 2
     assert "init_epoch" in result.stderr
+
+
+def test_resume_of_a_finished_run_with_another_config_is_an_error(tmp_path):
+    """A finished run resumed with a different config stops naming the keys (it exited 0 silently); the same
+    config, or one differing only in "device" or "strict", has nothing to resume and exits 0."""
+    config = tiny_config(synthetic_num_classes=5, init_cls=5, note="a key nothing reads")
+    cfg = write_config(tmp_path / "c.json", config)
+    first = run_cli([cfg, "--out", tmp_path / "run"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    warning = 'config key "note" is not read'  # once on the console (stderr), once in run.log
+    assert first.stderr.count(warning) == 1 and warning not in first.stdout
+    assert (tmp_path / "run" / "run.log").read_text().count(warning) == 1
+    before = (tmp_path / "run" / "results.json").read_text()
+    other = write_config(tmp_path / "d.json", dict(config, init_epoch=2, batch_size=8))
+    result = run_cli([other, "--out", tmp_path / "run", "--resume"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "finished run of a different config" in result.stderr
+    assert "['batch_size', 'init_epoch']" in result.stderr and "--overwrite" in result.stderr
+    same = write_config(tmp_path / "e.json", dict(config, device=["-1"], strict=False))
+    for path in (cfg, same):
+        again = run_cli([path, "--out", tmp_path / "run", "--resume"])
+        assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "run" / "results.json").read_text() == before

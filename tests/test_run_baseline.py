@@ -41,25 +41,53 @@ def baseline_runs(tmp_path_factory):
     assert pycil.returncode == 0, pycil.stderr[-3000:]
     a = json.loads((tmp / "a" / "results.json").read_text())
     b = json.loads((tmp / "b" / "results.json").read_text())
-    return a, b, pycil.stdout + pycil.stderr, first.stdout
+    return a, b, pycil.stdout + pycil.stderr, first.stdout, (tmp / "a" / "run.log").read_text()
 
 
 def test_identical_to_pycil_main(baseline_runs):
-    ours, _, pycil_out, _ = baseline_runs
+    ours, _, pycil_out, _, _ = baseline_runs
     cnn, nme = _pycil_curves(pycil_out)
     assert [p["top1_cnn"] for p in ours["phases"]] == cnn
     assert [p["top1_nme"] for p in ours["phases"]] == nme
 
 
+PYCIL_LINES = ("CNN top1 curve", "CNN top5 curve", "NME top1 curve", "NME top5 curve", "Average Accuracy (CNN)",
+               "Average Accuracy (NME)", "Forgetting (CNN)", "Forgetting (NME)")
+
+
+def _last_line_values(text: str, name: str):
+    """The numbers of the last line '<name>: ...' in ``text`` (PyCIL prints some twice: print and log)."""
+    found = re.findall(re.escape(name) + r": (.*)", text)
+    assert found, f"no '{name}:' line in:\n{text[-3000:]}"
+    return _floats(found[-1] if found[-1].startswith("[") else f"[{found[-1].strip()}]")
+
+
+def test_pycil_summary_lines_as_pycil_main_prints_them(baseline_runs):
+    """A PyCIL user's log parser finds PyCIL's own closing lines, with PyCIL's numbers, on the console and in
+    run.log; then the plug-in's forgetting over tasks and the memory held."""
+    ours, _, pycil_out, stdout, run_log = baseline_runs
+    for text in (stdout, run_log):
+        for name in PYCIL_LINES:
+            assert _last_line_values(text, name) == pytest.approx(_last_line_values(pycil_out, name)), name
+        grouped = re.findall(r"=> CNN: (\{.*\})", text)[-1]
+        assert grouped == re.findall(r"=> CNN: (\{.*\})", pycil_out)[-1].replace("np.float64(", "").replace(")", "")
+        assert _last_line_values(text, "Forgetting over tasks (CNN, results.json forgetting_cnn)") == \
+            pytest.approx([ours["forgetting_cnn"]])
+        last = ours["phases"][-1]
+        assert f"Memory held: {last['exemplars']} exemplars" in text
+        assert f"{last['memory_bytes']} bytes of a {last['memory_budget_bytes']}-byte budget (baseline)" in text
+    assert stdout.rindex("Memory held") < stdout.rindex("results:")
+
+
 def test_reproducible(baseline_runs):
-    a, b, _, _ = baseline_runs
+    a, b, _, _, _ = baseline_runs
     strip = lambda r: [{k: v for k, v in p.items() if k not in ("wall_s", "train_s")} for p in r["phases"]]  # noqa: E731
     assert strip(a) == strip(b)
     assert a["accuracy_matrix_cnn"] == b["accuracy_matrix_cnn"]
 
 
 def test_results_schema(baseline_runs):
-    results, _, _, stdout = baseline_runs
+    results, _, _, stdout, _ = baseline_runs
     assert "results:" in stdout
     import torch
 

@@ -75,7 +75,8 @@ def phase_report(cim) -> Dict[str, Any]:
         "exemplars_per_class_counts": [int(c) for c in counts],
         "mean_box_fraction": float((areas / full).mean()),
         "mean_exemplar_cost": float((memory.exemplar_nbytes().double() / (3 * full)).mean()),
-        "cim_mask": cim.config["cim_mask"], "exemplar_codec": memory.codec, "meta_steps": len(cim.meta_log),
+        "cim_mask": cim.config["cim_mask"], "cam_update_interval": getattr(cim, "cam_interval", None),
+        "exemplar_codec": memory.codec, "meta_steps": len(cim.meta_log),
         "mask_mean": float(np.mean([m["mask_mean"] for m in cim.meta_log])) if cim.meta_log else None,
         "seconds": {**{k: round(v, 3) for k, v in cim.seconds.items()},  # codec: encode + decode, all parts
                     "codec": round(codec_seconds(memory) - cim.codec_start, 3)}, "calls": dict(cim.calls),

@@ -20,6 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config_pos", nargs="?", metavar="CONFIG.json", help="PyCIL JSON config")
     p.add_argument("--config", dest="config_opt", metavar="CONFIG.json", help="same, as PyCIL's main.py takes it")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<config>_<time>)")
+    p.add_argument("--strict", action="store_true",
+                   help='stop before training on unknown config keys and ignored values (same as "strict": true)')
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished phase")
     mode.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -39,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.resume and args.out is None:
             raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
         paths = run_config(config, out_dir=args.out, config_path=Path(path), resume=args.resume,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, strict=args.strict)
     except (ConfigError, PyCILMissing, DatasetLayoutError) as err:
         if distributed.speaks():  # under torchrun every process stops with the same message: one prints it
             print(f"error: {err}", file=sys.stderr)

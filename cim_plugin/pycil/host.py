@@ -14,13 +14,14 @@ import os
 import re
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBMODULE_FIX = "git submodule update --init third_party/PyCIL"
@@ -93,7 +94,8 @@ def learner_class(model_name: str):
     name = model_name.lower()
     table = {**LEARNERS, **PLUGIN_LEARNERS}
     if name not in table:
-        raise ConfigError(f'unknown "model_name" {model_name!r}; valid names: {sorted(table)}')
+        raise ConfigError(f'unknown "model_name" {model_name!r}; valid names: {sorted(table)}'
+                          f'{did_you_mean(model_name, table)} (fix: set "model_name" to one of them)')
     import_pycil()
     module_name, cls_name = table[name].split(":")
     return getattr(importlib.import_module(module_name), cls_name)
@@ -206,11 +208,8 @@ def check_convnet_type(name: str) -> None:
     valid = convnet_names()
     if not valid or name.lower() in valid:
         return
-    from ..config import closest_key
-
-    hint = closest_key(name.lower(), valid)
     raise ConfigError(f'unknown "convnet_type" {name!r}; PyCIL (utils/inc_net.get_convnet) builds {valid}'
-                      + (f'; did you mean "{hint}"?' if hint else ""))
+                      f'{did_you_mean(name, valid)} (fix: set "convnet_type" to one of them)')
 
 
 _ARG_KEY = re.compile(r"""args(?:\[\s*|\.get\(\s*)["']([A-Za-z0-9_]+)["']""")
@@ -239,6 +238,7 @@ def resolve_devices(spec: List[Any]) -> List[torch.device]:
     cannot parse, is a ConfigError. Several GPUs keep PyCIL's DataParallel.
     """
     devices: List[torch.device] = []
+    no_cuda: List[Any] = []  # GPU ids asked for on a machine without CUDA: one warning for all of them
     for entry in spec:
         text = str(entry).strip().lower()
         if text in ("cpu", "-1"):
@@ -251,9 +251,7 @@ def resolve_devices(spec: List[Any]) -> List[torch.device]:
             )
         index = int(match.group(1))
         if not torch.cuda.is_available():
-            import warnings
-
-            warnings.warn(f'device {entry!r} requested but CUDA is not available: running on the CPU')
+            no_cuda.append(entry)
             devices.append(torch.device("cpu"))
             continue
         if index >= torch.cuda.device_count():
@@ -262,6 +260,10 @@ def resolve_devices(spec: List[Any]) -> List[torch.device]:
                 f"(ids 0..{torch.cuda.device_count() - 1}); use one of them or \"cpu\""
             )
         devices.append(torch.device(f"cuda:{index}"))
+    if no_cuda:
+        asked = no_cuda[0] if len(no_cuda) == 1 else no_cuda
+        warnings.warn(f'"device" {asked!r} requested but CUDA is not available on this machine: running on the '
+                      f'CPU (set "device": ["cpu"] to say so)', stacklevel=2)
     # Duplicate CPU entries make no sense for DataParallel: one CPU is one device.
     if all(d.type == "cpu" for d in devices):
         devices = [torch.device("cpu")]

@@ -38,6 +38,12 @@ log = logging.getLogger("cim_plugin")
 # current learning rate and weight decay from it (inner step size, φ's schedule and weight decay).
 TRAIN_LOOPS = ("_init_train", "_update_representation", "_feature_boosting", "_der_p_fit")
 
+# The keys naming a phase's training epochs (first phase, later phases), read from the config (args) or the
+# learner module's constants: PyCIL's usual pair, FOSTER's own (its compression epochs run without CIM work),
+# BiC's single "epochs" (its stage-1 loop, the one that calls CIM's epoch hook).
+EPOCH_KEYS = {"foster": ("init_epochs", "boosting_epochs"), "bic": ("epochs", "epochs")}
+DEFAULT_EPOCH_KEYS = ("init_epoch", "epochs")
+
 # Learners whose flow needs hooks of their own, placed before CIMMixin (BiC's two-stage loop).
 EXTRA_HOOKS = {"bic": (BiCHooks,)}
 
@@ -79,8 +85,19 @@ class CIMMixin:
         self._cim.start_phase(task, self._known_classes, total, budget, per_class, view=FmapView,
                               device=self._device, to_input=functools.partial(self._cim_pipeline.to_input,
                                                                                device=self._device),
-                              inner_loss=functools.partial(self._cim_inner_loss_fn, self))
+                              inner_loss=functools.partial(self._cim_inner_loss_fn, self),
+                              epochs=self._cim_phase_epochs(task))
         return super().incremental_train(DataManagerProxy(data_manager, self))
+
+    def _cim_phase_epochs(self, task: int) -> Optional[int]:
+        """The training epochs of phase ``task`` (see EPOCH_KEYS), or None when the learner names none."""
+        first, later = EPOCH_KEYS.get(str(self.args.get("model_name", "")).lower(), DEFAULT_EPOCH_KEYS)
+        key = first if task == 0 else later
+        if key in self.args:
+            value = self.args[key]
+        else:
+            value = next((getattr(m, key) for m in learner_modules(type(self)) if hasattr(m, key)), None)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
     def _cim_adopt_legacy_state(self) -> None:
         """A checkpoint written before CIM became one object restores its parts as learner attributes

@@ -11,23 +11,27 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, summary
 from ..bench import metrics
 from ..config import (
     CIM_DEFAULTS,
     RUNNER_KEYS,
     ConfigError,
+    check_strict,
+    did_you_mean,
+    ignored_value_warnings,
     unknown_key_warnings,
     validate_cim_keys,
     validate_run_keys,
     with_defaults,
 )
-from ..datasets import DatasetLayoutError
+from ..datasets import DATASETS, DatasetLayoutError, dataset_names
 from ..io import write_json
 from ..platform_info import numerics_key, platform_info
 from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
@@ -70,21 +74,50 @@ def valid_keys(config: Dict[str, Any]) -> set:
     return keys
 
 
-def prepare(config: Dict[str, Any]) -> Dict[str, Any]:
-    """Validate a raw config and return the args dict for one run; warnings are logged."""
+def dataset_option_keys() -> Dict[str, tuple]:
+    """The plug-in's dataset names -> the config keys each reads."""
+    return {name: tuple(getattr(cls, "option_keys", ())) for name, cls in DATASETS.items()}
+
+
+def check_dataset_name(name: str) -> None:
+    """ConfigError listing the datasets (the plug-in's and PyCIL's), with the closest, for a name that is neither."""
+    valid = sorted(set(dataset_names()) | set(PYCIL_DATASETS))
+    if name.lower() not in valid:
+        raise ConfigError(f'unknown "dataset" {name!r}; valid names: {valid}{did_you_mean(name, valid)} '
+                          f'(fix: set "dataset" to one of them)')
+
+
+def prepare(config: Dict[str, Any], strict: bool = False) -> Dict[str, Any]:
+    """Validate a raw config and return the args dict for one run.
+
+    Config warnings (unknown keys, ignored values) and the device fallback are printed once each to stderr and
+    kept in ``_warnings`` (run_seed writes them to run.log). With ``strict`` (or ``"strict": true``) the config
+    warnings are one ConfigError instead, before anything is built; the device fallback stays a warning (it is
+    the machine, not the config: PyCIL's configs name GPUs).
+    """
     import_pycil()
+    given = list(config)
     config = with_defaults(config)
     validate_run_keys(config)
     validate_cim_keys(config)
+    strict = bool(strict or config.get("strict", False))
+    check_dataset_name(config["dataset"])
     check_cim_support(config)  # a learner CIM cannot run on -> ConfigError with the reason, before importing it
     cls = learner_class(config["model_name"])  # unknown learner -> ConfigError listing valid ones
     check_convnet_type(config["convnet_type"])
     check_dataset_options(config)
     check_constant_overrides(config, learner_modules(cls))
-    for message in unknown_key_warnings(config, valid_keys(config)):
-        log.warning(message)
+    problems = unknown_key_warnings(config, valid_keys(config))
+    problems += ignored_value_warnings(given, config, dataset_option_keys(), strict=strict)
+    if strict:
+        check_strict(problems)
+    with warnings.catch_warnings(record=True) as caught:  # the device fallback: one clean line, not a traceback line
+        warnings.simplefilter("always")
+        config["_devices"] = resolve_devices(config["device"])
+    notices = problems + [str(w.message) for w in caught]
+    for message in notices if distributed.speaks() else ():
         print(f"warning: {message}", file=sys.stderr)
-    config["_devices"] = resolve_devices(config["device"])
+    config["_warnings"] = notices
     distributed.setup(config)  # under torchrun: join the process group, one device per process
     return config
 
@@ -102,15 +135,10 @@ def check_dataset_options(config: Dict[str, Any]) -> None:
 
 def load_dataset(config: Dict[str, Any]):
     """Build the dataset object once (ours, or None for PyCIL's own); check the class split."""
-    from ..datasets import dataset_names
-
     name = config["dataset"]
     idata = dataset_hook(config)(name)
     if idata is None:
-        if name.lower() not in PYCIL_DATASETS:
-            raise ConfigError(
-                f'unknown "dataset" {name!r}; valid names: {sorted(set(dataset_names()) | set(PYCIL_DATASETS))}'
-            )
+        check_dataset_name(name)  # neither ours nor PyCIL's -> ConfigError with the closest name
         return None
     idata.download_data()
     idata.download_data = lambda: None  # built once; PyCIL's DataManager calls it again
@@ -172,6 +200,14 @@ class _TrainTimer:
         return loop
 
 
+def _write_warnings(handler: logging.Handler, messages) -> None:
+    """The config's warnings (printed once to stderr by prepare) into run.log, through ``handler`` only."""
+    for message in messages:
+        handler.handle(logging.makeLogRecord({
+            "name": "cim_plugin", "levelno": logging.WARNING, "levelname": "WARNING", "filename": "config.py",
+            "msg": f"warning: {message}"}))
+
+
 def _configure_logging(out_dir: Path) -> List[logging.Handler]:
     fmt = logging.Formatter("%(asctime)s [%(filename)s] => %(message)s")
     handlers: List[logging.Handler] = [logging.FileHandler(out_dir / "run.log"), logging.StreamHandler(sys.stdout)]
@@ -194,7 +230,8 @@ def build_learner(args: Dict[str, Any]):
 
 
 def _config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    ignore = {"device"}
+    """Keys whose values differ between two runs' configs (the device and "strict" change no number)."""
+    ignore = {"device", "strict"}
     keys = (set(saved) | set(current)) - ignore
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
@@ -211,6 +248,8 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
     if ddp.is_writer:
         out_dir.mkdir(parents=True, exist_ok=True)
     handlers = _configure_logging(out_dir) if ddp.is_writer else []
+    if handlers:
+        _write_warnings(handlers[0], config.get("_warnings", ()))
     trainer = import_pycil()
     try:
         idata = load_dataset(config)
@@ -299,6 +338,11 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                     write_json(out_dir / "results.json", results)
                 ddp.barrier()
                 _log_phase(phase)
+                for line in summary.phase_lines(results["phases"]):  # PyCIL's own lines, as its trainer logs them
+                    logging.info(line)
+                if results["finished"]:
+                    for line in summary.final_lines(results):
+                        logging.info(line)
                 if on_phase is not None:
                     on_phase(learner, data_manager, results)
     finally:
@@ -321,12 +365,17 @@ def _write_artifacts(out_dir: Path, learner, data_manager, y_pred, y_true) -> No
         learner.cim_save_artifacts(out_dir)
 
 
-def _results_skeleton(config, seed, args) -> Dict[str, Any]:
+def _public_config(config: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """The config a run of ``seed`` records in results.json (defaults filled, the runner's own "_" keys left out)."""
     public = {k: v for k, v in config.items() if not k.startswith("_")}
     public["seed"] = seed
+    return public
+
+
+def _results_skeleton(config, seed, args) -> Dict[str, Any]:
     return {
         "schema": "cim-plugin/results/1",
-        "config": public,
+        "config": _public_config(config, seed),
         "learner": args["model_name"],
         "dataset": args["dataset"],
         "seed": seed,
@@ -348,6 +397,8 @@ def _phase_record(task, learner, cnn_accy, nme_accy, wall, config, idata, total_
         "top5_cnn": float(cnn_accy["top{}".format(learner.topk)]),
         "top1_nme": None if nme_accy is None else float(nme_accy["top1"]),
         "top5_nme": None if nme_accy is None else float(nme_accy["top{}".format(learner.topk)]),
+        "grouped_cnn": summary.grouped(cnn_accy),
+        "grouped_nme": None if nme_accy is None else summary.grouped(nme_accy),
         "memory_budget_bytes": memory_budget_bytes(config, int(total_classes), image_bytes),
         "image_bytes": image_bytes,
         "wall_s": round(wall, 3),
@@ -396,36 +447,47 @@ def default_out_dir(config: Dict[str, Any], config_path: Optional[Path]) -> Path
 
 
 def run_config(config: Dict[str, Any], out_dir: Optional[Path] = None, config_path: Optional[Path] = None,
-               resume: bool = False, overwrite: bool = False) -> List[Path]:
+               resume: bool = False, overwrite: bool = False, strict: bool = False) -> List[Path]:
     """Validate and run a config (all its seeds). One seed: OUT/results.json; several: OUT/seed_S/.
 
     An output folder that already holds a run is refused unless `resume` (go on from its last
-    checkpoint; a finished run is left as it is) or `overwrite`.
+    checkpoint; a finished run of the same config is left as it is) or `overwrite`. `strict`: unknown keys
+    and ignored values are an error (see :func:`prepare`).
     """
-    config = prepare(config)
+    config = prepare(config, strict=strict)
     ddp = distributed.current()  # under torchrun, process 0 decides about the output folder for all
     out_dir = Path(out_dir) if out_dir is not None else ddp.from_writer(lambda: default_out_dir(config, config_path))
     seeds = config["seed"]
     paths = []
     for seed in seeds:
         target = out_dir if len(seeds) == 1 else out_dir / f"seed_{seed}"
-        if ddp.from_writer(lambda: _finished_or_cleared(target, resume, overwrite)):
+        public = _public_config(config, seed)
+        if ddp.from_writer(lambda: _finished_or_cleared(target, resume, overwrite, public)):
             paths.append(target / "results.json")
             continue
         paths.append(run_seed(config, seed, target, resume=resume))
     return paths
 
 
-def _finished_or_cleared(target: Path, resume: bool, overwrite: bool) -> bool:
-    """True when `target` holds a finished run to resume (nothing to do); else prepares it: ConfigError for a
-    run there without --resume or --overwrite, and with --overwrite its results and checkpoint removed."""
+def _finished_or_cleared(target: Path, resume: bool, overwrite: bool, config: Dict[str, Any]) -> bool:
+    """True when `target` holds a finished run of `config` to resume (nothing to do); else prepares it:
+    ConfigError for a run there without --resume or --overwrite, or for a finished run of another config (the
+    differing keys named), and with --overwrite its results and checkpoint removed."""
     existing = target / "results.json"
     if existing.exists() and not (resume or overwrite):
         raise ConfigError(f"{target} already holds a run; pass --resume to continue it, --overwrite to "
                           f"replace it, or choose another --out folder")
-    if resume and existing.exists() and json.loads(existing.read_text()).get("finished"):
-        logging.getLogger("cim_plugin").info("%s is finished; nothing to resume", target)
-        return True
+    if resume and existing.exists():
+        done = json.loads(existing.read_text())
+        if done.get("finished"):
+            differing = _config_differences(done.get("config", {}), config)
+            if differing:
+                raise ConfigError(
+                    f"{target} holds a finished run of a different config (keys {differing} differ); nothing "
+                    f"would be resumed. Resume with the same config, pass --overwrite to rerun it with this one, "
+                    f"or choose another --out folder")
+            log.info("%s is finished; nothing to resume", target)
+            return True
     if overwrite and not resume:
         for name in ("results.json", checkpoint.CHECKPOINT):
             (target / name).unlink(missing_ok=True)
