@@ -172,7 +172,7 @@ def test_stem_follows_the_resolution(dataset, resolution, kernel):
 def test_bad_resolution_stops_the_run_before_training(tmp_path, value):
     config = tiny_learner_config("icarl", dataset="imagefolder", data_root=_tree(tmp_path / "data"),
                                  resolution=value)
-    result = run_cli([write_config(tmp_path / "c.json", config), "--out", tmp_path / "out"], timeout=120)
+    result = run_cli([write_config(tmp_path / "c.json", config), "--out", tmp_path / "out"], timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
     assert 'error: config key "resolution" must be a positive integer' in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out" / "results.json").exists()
