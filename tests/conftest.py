@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cim_plugin.pycil import SUBMODULE_FIX, pycil_available  # noqa: E402
+from cim_plugin.pycil.host import pycil_dir  # noqa: E402
 
 PYCIL_MISSING_REASON = (
     "PyCIL SUBMODULE MISSING: third_party/PyCIL is not checked out, so every test that runs PyCIL is "
@@ -24,7 +25,7 @@ requires_pycil = pytest.mark.skipif(not pycil_available(), reason=PYCIL_MISSING_
 def pytest_report_header(config):
     if not pycil_available():
         return ["!" * 78, PYCIL_MISSING_REASON, "!" * 78]
-    return ["PyCIL: " + str(REPO / "third_party" / "PyCIL")]
+    return ["PyCIL: " + str(pycil_dir())]
 
 
 def pytest_sessionfinish(session, exitstatus):

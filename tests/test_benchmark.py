@@ -77,6 +77,20 @@ def test_report_numbers_mean_std_gain_and_time_ratio(tmp_path):
     assert "exemplars.png" not in written  # no exemplars.pt in the fabricated runs
 
 
+def test_report_draws_old_vs_new_and_the_accuracy_matrix(tmp_path):
+    for variant, cim in (("baseline", False), ("cim", True)):
+        for seed in (1, 2):
+            run_dir = tmp_path / "icarl_x" / variant / f"seed_{seed}"
+            res = fake_results(run_dir, seed=seed, cim=cim)
+            res["accuracy_matrix_cnn"] = [[60.0, None], [20.0 + seed, 60.0 - seed]]
+            (run_dir / "results.json").write_text(json.dumps(res))
+    written = report.build_report(tmp_path, dataset_loader=lambda config: None)
+    for name in ("old_new.png", "accuracy_matrix.png"):
+        assert written[name].read_bytes().startswith(PNG)
+    md = (tmp_path / "summary.md").read_text()
+    assert "](old_new.png)" in md and "](accuracy_matrix.png)" in md
+
+
 def test_single_seed_has_no_std_and_empty_folder_gives_a_stub(tmp_path):
     assert tables.mean_std([3.0]) == (3.0, pytest.approx(float("nan"), nan_ok=True), 1)
     assert tables.fmt(*tables.mean_std([3.0])[:2]) == "3.00"

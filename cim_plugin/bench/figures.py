@@ -13,6 +13,12 @@ Panel descriptions are plain dicts so that callers and tests can build them by h
   "class (incremental id)") and "ticklabels" (C strings, shown when C <= 30).
 * time bar: ``{"label": str, "parts": {segment name: seconds}}``, one horizontal stacked bar each
   (see :func:`plot_time_breakdown`).
+* old/new panel: ``{"title": str, "lines": [{"label", "x", "old_mean", "old_std", "new_mean", "new_std",
+  "seeds"}]}``: top-1 (%) on the classes of earlier phases and on the phase's own classes, per phase (old
+  NaN in the first phase); "seeds" (how many runs the mean is over) is optional in every line of this and of
+  a curve panel and makes the title say "one seed" or "mean ± std over N seeds".
+* accuracy-matrix panel: ``{"title": str, "matrix": float (T, T), "seeds": int}`` with matrix[i, j] the
+  top-1 (%) on task j's classes after phase i (NaN above the diagonal), optional "tasks" (T tick labels).
 * exemplar column: ``{"title": str, "original": uint8 (3,H,W) or None, "cam": float (H,W) in
   [0,1] or None, "box": int (4,) x0,y0,x1,y1 exclusive, "true_box": int (4,) or None,
   "decoded": uint8 (3,H,W) or None}``.
@@ -75,6 +81,19 @@ def _grid(n: int, max_cols: int = 3):
     return math.ceil(n / cols), cols
 
 
+def seeds_note(counts: Sequence[int]) -> str:
+    """What a figure's numbers are: "one seed", "mean ± std over N seeds", or "mean ± std over 1–N seeds" when
+    lines average different numbers of runs; "mean ± std over seeds" when no count is known."""
+    counts = sorted({int(c) for c in counts if c is not None})
+    if not counts:
+        return "mean ± std over seeds"
+    if counts == [1]:
+        return "one seed"
+    if len(counts) == 1:
+        return f"mean ± std over {counts[0]} seeds"
+    return f"mean ± std over {counts[0]}–{counts[-1]} seeds"
+
+
 def _check_panels(panels, key: str, what: str) -> None:
     if not isinstance(panels, (list, tuple)) or not panels:
         raise ValueError(f"{what} needs a non-empty list of panels, got {type(panels).__name__}")
@@ -105,19 +124,102 @@ def plot_curves(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Pat
                 if std.any():
                     ax.fill_between(x, mean - std, mean + std, color=c, alpha=0.18, lw=0)
             ax.set_title(panel["title"])
-            ticks = phase_ticks([line["x"] for line in panel["lines"]])
-            if ticks:
-                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-            else:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("classes seen")
+            _phase_axis(ax, [line["x"] for line in panel["lines"]])
             ax.set_ylabel("top-1 accuracy (%)")
             ax.grid(alpha=0.3, lw=0.5)
             ax.legend(frameon=False, loc="best")
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
-        fig.suptitle("Accuracy per phase (mean ± std over seeds)", fontsize=12)
+        note = seeds_note([line.get("seeds") for p in panels for line in p["lines"]])
+        fig.suptitle(f"Accuracy per phase ({note})", fontsize=12)
         fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return Path(path)
+
+
+def _phase_axis(ax, xs) -> None:
+    ticks = phase_ticks(xs)
+    if ticks:
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("classes seen")
+
+
+def plot_old_new(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Path:
+    """Top-1 (%) on old classes (solid, circles) and on the phase's new classes (dotted, triangles) after each
+    phase vs classes seen, one colour per variant, one panel per config: the gap between the two is forgetting
+    plus the bias towards the newest classes."""
+    _check_panels(panels, "lines", "plot_old_new")
+    colours = variant_colours([line["label"] for p in panels for line in p["lines"]])
+    rows, cols = _grid(len(panels))
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(max(4.4 * cols, 6.0), 3.8 * rows), squeeze=False)
+        for ax, panel in zip(axes.flat, panels):
+            for line in panel["lines"]:
+                x = _as_np(line["x"], float)
+                c = colours[line["label"]]
+                for part, style, marker in (("old", "-", "o"), ("new", ":", "^")):
+                    mean = _as_np(line[f"{part}_mean"], float)
+                    std = np.nan_to_num(_as_np(line[f"{part}_std"], float), nan=0.0)
+                    ax.plot(x, mean, style, marker=marker, ms=4, lw=1.6, color=c, label=f"{line['label']}, {part}")
+                    if std.any():
+                        ax.fill_between(x, mean - std, mean + std, color=c, alpha=0.14, lw=0)
+            ax.set_title(panel["title"])
+            _phase_axis(ax, [line["x"] for line in panel["lines"]])
+            ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_ylim(-3, 103)
+            ax.grid(alpha=0.3, lw=0.5)
+            ax.legend(frameon=False, loc="best", fontsize=8)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        note = seeds_note([line.get("seeds") for p in panels for line in p["lines"]])
+        fig.suptitle(f"Top-1 on old vs new classes per phase ({note})", fontsize=12)
+        fig.text(0.01, 0.01, "old = the classes of the earlier phases, new = the classes this phase added",
+                 fontsize=7, color="#555555")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_accuracy_matrix(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Path:
+    """Heatmaps of the accuracy matrix, one per panel: row i = after phase i, column j = top-1 (%) on task j's
+    classes, 0–100 on one colour scale (viridis), the values written in the cells up to 12 tasks. Reading down a
+    column shows how a task is forgotten; the diagonal is each task when it was new."""
+    _check_panels(panels, "matrix", "plot_accuracy_matrix")
+    rows, cols = _grid(len(panels))
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols + 1.2, 4.0 * rows), squeeze=False,
+                                 layout="constrained")
+        image = None
+        for ax, panel in zip(axes.flat, panels):
+            matrix = _as_np(panel["matrix"], float)
+            if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+                raise ValueError(f"plot_accuracy_matrix: {panel['title']!r} needs a square (T, T) matrix, "
+                                 f"got shape {matrix.shape}")
+            n = matrix.shape[0]
+            image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0, vmax=100, aspect="equal")
+            if n <= 12:
+                for i in range(n):
+                    for j in range(n):
+                        if np.isfinite(matrix[i, j]):
+                            ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7 if n > 6 else 8,
+                                    color="black" if matrix[i, j] > 60 else "white")
+            tasks = panel.get("tasks") or [str(j) for j in range(n)]
+            step = max(1, math.ceil(n / 12))
+            ax.set_xticks(range(0, n, step), tasks[::step], rotation=45 if n > 6 else 0)
+            ax.set_yticks(range(0, n, step), [str(i) for i in range(0, n, step)])
+            ax.set_xlabel("task (classes)" if panel.get("tasks") else "task")
+            ax.set_ylabel("after phase")
+            ax.set_title(f"{panel['title']}\n{seeds_note([panel.get('seeds')]).replace(' ± std', '')}", fontsize=9)
+            ax.spines[:].set_visible(False)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle("Accuracy matrix: top-1 (%) per task after each phase", fontsize=12)
+        bar = fig.colorbar(image, ax=list(axes.flat), fraction=0.04, pad=0.02)
+        bar.set_label("top-1 accuracy (%)")
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
     return Path(path)

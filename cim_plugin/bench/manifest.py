@@ -13,7 +13,8 @@ from ..io import write_json
 
 MANIFEST = "benchmark.json"
 MANIFEST_SCHEMA = "cim-plugin/benchmark/1"
-REPORT_FILES = ("summary.md", "summary.csv", "curves.png", "memory.png", "exemplars.png")
+REPORT_FILES = ("summary.md", "summary.csv", "curves.png", "old_new.png", "accuracy_matrix.png", "memory.png",
+                "exemplars.png")
 
 
 def read_manifest(out_dir: Path) -> Optional[Dict[str, Any]]:

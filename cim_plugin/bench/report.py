@@ -1,5 +1,6 @@
-"""The benchmark report: summary.md, summary.csv and the figures (curves.png, memory.png,
-exemplars.png) rebuilt from the finished runs of a benchmark folder."""
+"""The benchmark report: summary.md, summary.csv and the figures (curves.png, old_new.png, accuracy_matrix.png,
+memory.png, exemplars.png) rebuilt from the finished runs of a benchmark folder; and the two figures every run
+folder gets (:func:`write_run_figures`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .pairs import pairs_section
 from .platforms import platform_section
 from .recency import recency_section
 from .sizes import SizeInfo, _dataset_key, _load_exemplars, _predictions, load_dataset, object_size_section, size_info
-from .tables import _order, collect_runs, old_new_section, results_table, summary_rows, write_csv
+from .tables import _order, collect_runs, old_new_rows, old_new_section, results_table, summary_rows, write_csv
 from .time_split import time_section
 
 
@@ -30,10 +31,71 @@ def curve_panels(groups, order) -> List[Dict[str, Any]]:
         x = [p["classes"] for p in first["phases"][:n]]
         acc = np.asarray([[p["top1_cnn"] for p in r["phases"][:n]] for r in runs.values()], float)
         std = acc.std(axis=0, ddof=1) if len(acc) > 1 else np.full(n, np.nan)
-        panel = panels.setdefault(stem, {"title": f"{first.get('learner')} ({stem}, {first.get('dataset')})",
-                                         "lines": []})
-        panel["lines"].append({"label": variant, "x": x, "mean": acc.mean(axis=0), "std": std})
+        panel = panels.setdefault(stem, {"title": _stem_title(first, stem), "lines": []})
+        panel["lines"].append({"label": variant, "x": x, "mean": acc.mean(axis=0), "std": std, "seeds": len(acc)})
     return list(panels.values())
+
+
+def _stem_title(first: Dict[str, Any], stem: str) -> str:
+    return f"{first.get('learner')} ({stem}, {first.get('dataset')})"
+
+
+def old_new_panels(groups, order) -> List[Dict[str, Any]]:
+    """Panels for :func:`cim_plugin.bench.figures.plot_old_new`: per config, each variant's top-1 on old and on
+    new classes per phase, the numbers of the "Old and new classes per phase" table (:func:`old_new_rows`)."""
+    rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for row in old_new_rows(groups, order):
+        rows.setdefault((row["config"], row["variant"]), []).append(row)
+    panels: Dict[str, Dict[str, Any]] = {}
+    for stem, variant in order:
+        mine = [r for r in rows.get((stem, variant), []) if np.isfinite(r["new"][0])]
+        if not mine:  # runs without an accuracy matrix
+            continue
+        runs = groups[(stem, variant)]
+        first = next(iter(runs.values()))
+        panel = panels.setdefault(stem, {"title": _stem_title(first, stem), "lines": []})
+        panel["lines"].append({
+            "label": variant, "seeds": len(runs), "x": [first["phases"][r["phase"]]["classes"] for r in mine],
+            "old_mean": [r["old"][0] if r["phase"] > 0 else np.nan for r in mine],
+            "old_std": [r["old"][1] if r["phase"] > 0 else np.nan for r in mine],
+            "new_mean": [r["new"][0] for r in mine], "new_std": [r["new"][1] for r in mine]})
+    return list(panels.values())
+
+
+def matrix_panels(groups, order) -> List[Dict[str, Any]]:
+    """Panels for :func:`cim_plugin.bench.figures.plot_accuracy_matrix`: per (config, variant), the accuracy
+    matrix (``accuracy_matrix_cnn``) averaged over the seeds, over the phases every seed finished."""
+    panels = []
+    for stem, variant in order:
+        runs = [r for r in groups[(stem, variant)].values() if r.get("accuracy_matrix_cnn")]
+        if not runs:
+            continue
+        n = min(len(r["accuracy_matrix_cnn"]) for r in runs)
+        stack = np.asarray([[[np.nan if v is None else v for v in row[:n]] for row in r["accuracy_matrix_cnn"][:n]]
+                            for r in runs], float)
+        ends = [p["classes"] for p in runs[0]["phases"][:n]]
+        tasks = [f"{a}–{b - 1}" if b - a > 1 else str(a) for a, b in zip([0] + ends[:-1], ends)]
+        known = np.isfinite(stack).sum(axis=0)  # seeds with a value per cell (none above the diagonal)
+        mean = np.where(known > 0, np.nansum(stack, axis=0) / np.maximum(known, 1), np.nan)
+        panels.append({"title": f"{variant}: {_stem_title(runs[0], stem)}", "matrix": mean, "seeds": len(runs),
+                       "tasks": tasks})
+    return panels
+
+
+def write_run_figures(run_dir: Path, results: Dict[str, Any]) -> Dict[str, Path]:
+    """old_new.png and accuracy_matrix.png of one run (its results.json dict) into ``run_dir``."""
+    from . import figures as plots  # matplotlib is the optional "plots" extra: imported only when drawing
+
+    key = (results.get("learner") or "run", BASELINE if not results.get("cim") else "cim")
+    groups, order = {key: {results.get("seed", 0): results}}, [key]
+    written = {}
+    panels = old_new_panels(groups, order)
+    if panels:
+        written["old_new.png"] = plots.plot_old_new(panels, Path(run_dir) / "old_new.png")
+    panels = matrix_panels(groups, order)
+    if panels:
+        written["accuracy_matrix.png"] = plots.plot_accuracy_matrix(panels, Path(run_dir) / "accuracy_matrix.png")
+    return written
 
 
 def memory_panels(groups, order, datasets) -> List[Dict[str, Any]]:
@@ -220,10 +282,18 @@ def build_report(out_dir: Path, dataset_loader: Callable[[Dict[str, Any]], Any] 
 
     panels = curve_panels(groups, order)
     written["curves.png"] = plots.plot_curves(panels, out_dir / "curves.png")
+    figures = ["", "## Figures", "", "![accuracy per phase](curves.png)"]
+    on_panels = old_new_panels(groups, order)
+    if on_panels:
+        written["old_new.png"] = plots.plot_old_new(on_panels, out_dir / "old_new.png")
+        figures.append("![top-1 on old vs new classes per phase](old_new.png)")
+    mat_panels = matrix_panels(groups, order)
+    if mat_panels:
+        written["accuracy_matrix.png"] = plots.plot_accuracy_matrix(mat_panels, out_dir / "accuracy_matrix.png")
+        figures.append("![accuracy matrix: top-1 on each task after each phase](accuracy_matrix.png)")
     mem_panels = memory_panels(groups, order, datasets)
     if mem_panels:
         written["memory.png"] = plots.plot_memory(mem_panels, out_dir / "memory.png")
-    figures = ["", "## Figures", "", "![accuracy per phase](curves.png)"]
     if "memory.png" in written:
         figures.append("![exemplars per class](memory.png)")
     for stem, variant in order:

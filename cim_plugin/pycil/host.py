@@ -25,6 +25,7 @@ from ..config import ConfigError, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBMODULE_FIX = "git submodule update --init third_party/PyCIL"
+PINNED_COMMIT = "87cc411"  # third_party/PyCIL, the PyCIL the plug-in is checked against
 
 
 class PyCILMissing(RuntimeError):
@@ -45,9 +46,17 @@ def import_pycil():
     """Put PyCIL on sys.path and import its trainer; raise PyCILMissing with the fix if absent."""
     root = pycil_dir()
     if not pycil_available():
+        if "CIM_PYCIL_DIR" in os.environ:
+            raise PyCILMissing(
+                f"CIM_PYCIL_DIR={os.environ['CIM_PYCIL_DIR']} holds no PyCIL checkout (no trainer.py and "
+                f"models/base.py under {root}).\nFix: point CIM_PYCIL_DIR at a PyCIL clone (git clone "
+                f"https://github.com/G-U-N/PyCIL.git; the plug-in is tested with commit {PINNED_COMMIT}), or unset "
+                f"it to use the submodule: `{SUBMODULE_FIX}` in the repository root."
+            )
         raise PyCILMissing(
             f"PyCIL is not checked out at {root} (the git submodule third_party/PyCIL is empty).\n"
-            f"Fix: run `{SUBMODULE_FIX}` in the repository root (or `bash setup.sh`, which does it)."
+            f"Fix: run `{SUBMODULE_FIX}` in the repository root (or `bash setup.sh`, which does it), or set "
+            f"CIM_PYCIL_DIR to a PyCIL clone."
         )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -292,14 +301,21 @@ def _adaptive_pool_factory(factory):
     """Wrap a CIFAR-resnet factory so that its final pooling adapts to any input size.
 
     PyCIL's resnet32 ends with AvgPool2d(8), which is only right for 32x32 inputs; with a global
-    average pool (the same numbers at 32x32) it runs on 64x64 images too.
+    average pool (the same numbers at 32x32) it runs on 64x64 images too. MEMO's factory
+    (``get_memo_resnet32``) returns a pair (generalized blocks, adaptive block); the pool sits in the
+    adaptive block, which MEMO copies for every new phase, so the pair is fixed in the same way.
     """
 
-    def build(*args, **kwargs):
-        net = factory(*args, **kwargs)
+    def fix(net):
         if isinstance(getattr(net, "avgpool", None), nn.AvgPool2d):
             net.avgpool = nn.AdaptiveAvgPool2d(1)
         return net
+
+    def build(*args, **kwargs):
+        net = factory(*args, **kwargs)
+        if isinstance(net, tuple):
+            return tuple(fix(part) for part in net)
+        return fix(net)
 
     return build
 
@@ -337,6 +353,33 @@ def _stem_factory(factory, stem_name: str):
     return build
 
 
+# Learners the pinned PyCIL cannot build or train on the plug-in's datasets, with the reason (checked against
+# third_party/PyCIL); refused before any data is loaded, with or without "cim".
+UNRUNNABLE: Dict[str, str] = {
+    "ssre": "the pinned PyCIL's SSRE cannot be built: models/ssre.py calls IncrementalNet(convnet_type, False, "
+            "args=args) but utils/inc_net.IncrementalNet takes (args, pretrained) (TypeError: got multiple values "
+            "for argument 'args'), with any convnet_type and image size",
+}
+# Learners that only train on 32x32 images, with the reason.
+ONLY_32PX: Dict[str, str] = {
+    "pass": "PyCIL's PASS reshapes every rotated training batch to (-1, 3, 32, 32) (models/pa2s.py), so any "
+            "other image size fails in its loss (batch size mismatch)",
+}
+
+
+def check_runnable(model_name: str, image_size=(32, 32)) -> None:
+    """ConfigError with the reason and the fix when the pinned PyCIL cannot run ``model_name`` on images of
+    ``image_size`` (H, W; None: images that vary in size)."""
+    name = str(model_name).lower()
+    if name in UNRUNNABLE:
+        raise ConfigError(f'learner "{name}" is refused: {UNRUNNABLE[name]}; choose another "model_name"')
+    if name in ONLY_32PX and (image_size is None or tuple(image_size) != (32, 32)):
+        shown = "images of varying size" if image_size is None else f"{image_size[0]}x{image_size[1]} images"
+        raise ConfigError(f'learner "{name}" needs 32x32 images but the dataset has {shown}: {ONLY_32PX[name]}; '
+                          f'use a 32 px dataset ("synthetic_image_size": 32, or "resolution": 32 for a folder '
+                          f"dataset) or another learner")
+
+
 @contextlib.contextmanager
 def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]:
     """Adapt PyCIL for one run, restoring everything afterwards.
@@ -349,6 +392,9 @@ def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]
     Yields a dict with "idata" (the last dataset object built) for the caller's bookkeeping.
     """
     import_pycil()
+    # PyCIL's own datasets (no "_image_size"): CIFAR is 32x32, its ImageNets vary in size
+    own_size = (32, 32) if "cifar" in str(config.get("dataset", "")).lower() else None
+    check_runnable(config["model_name"], config.get("_image_size", own_size))
     modules = learner_modules(learner_class(config["model_name"]))
     data_manager = importlib.import_module("utils.data_manager")
     inc_net = importlib.import_module("utils.inc_net")
@@ -371,6 +417,7 @@ def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]
         if size is None or tuple(size) != (32, 32):
             net_patches["resnet32"] = _adaptive_pool_factory(inc_net.resnet32)
             net_patches["cosine_resnet32"] = _adaptive_pool_factory(inc_net.cosine_resnet32)
+            net_patches["get_memo_resnet32"] = _adaptive_pool_factory(inc_net.get_memo_resnet32)
     with contextlib.ExitStack() as stack:
         for module in modules:
             stack.enter_context(overridden(module, {k: config[k] for k in module_constants(module) if k in config}))

@@ -7,6 +7,7 @@ phase, after `_set_random()`), so a config without `"cim": true` gives PyCIL's n
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import checkpoint, distributed, summary
 from ..bench import metrics
+from ..bench.report import write_run_figures
 from ..config import (
     CIM_DEFAULTS,
     RUNNER_KEYS,
@@ -345,12 +347,28 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
                         logging.info(line)
                 if on_phase is not None:
                     on_phase(learner, data_manager, results)
+            if ddp.is_writer and results["finished"]:
+                _run_figures(out_dir, results)
     finally:
         root = logging.getLogger()
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
     return out_dir / "results.json"
+
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def _run_figures(out_dir: Path, results: Dict[str, Any]) -> None:
+    """old_new.png and accuracy_matrix.png in the run folder; a log line instead when matplotlib is missing."""
+    if not HAVE_MATPLOTLIB:
+        logging.getLogger("cim_plugin").info(
+            "no figures in %s: matplotlib is not installed (pip install matplotlib, or pip install -e '.[plots]')",
+            out_dir)
+        return
+    for path in write_run_figures(out_dir, results).values():
+        logging.info("figure: %s", path)
 
 
 def _write_artifacts(out_dir: Path, learner, data_manager, y_pred, y_true) -> None:
