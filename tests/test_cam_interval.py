@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from cim_plugin.method.cim import CIM, scaled_cam_interval
+from cim_plugin.method.cim import CIM
+from cim_plugin.method.schedule import scaled_cam_interval
 from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
 
 

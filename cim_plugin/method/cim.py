@@ -15,7 +15,6 @@ streams (:func:`~cim_plugin.method.rng.random_streams_untouched`); its draws com
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -38,27 +37,13 @@ from .jpeg_auto import choose_quality
 from .memory_kinds import augment_compressor, decoding_on, make_memory, memory_from_state
 from .records import class_means, exemplar_record, phase_report
 from .rng import random_streams_untouched
+from .schedule import augment_probability, phase_cam_interval, refresh_due
 from .timing import codec_seconds, timed
 
 CIM_KEYS = tuple(k for k in CIM_DEFAULTS if k != "cim")  # what CIM reads from a config
 CAMS_KEPT = 4  # CAMs kept per class for the exemplar figure
 PHI_WEIGHT_DECAY = 5e-4  # φ's weight decay when the host gives none (official default)
 HOST_CALLABLES = ("view", "to_input", "inner_loss", "logits_fn")  # given by the host, never pickled
-# The official schedule refreshes boxes every 40 of its 170 epochs; a shorter phase keeps that ratio.
-OFFICIAL_CAM_INTERVAL, OFFICIAL_EPOCHS = 40, 170
-
-log = logging.getLogger("cim_plugin")
-
-
-def scaled_cam_interval(interval: int, epochs: Optional[int]) -> int:
-    """The box-refresh interval a phase of ``epochs`` epochs uses: ``interval`` when it is below ``epochs``
-    (or the epoch count is unknown), else the official ratio, ``round(epochs * 40 / 170)``, at least 1.
-
-    Boxes are refreshed (and the compression augmentation's probability raised) before the epochs
-    interval, 2 * interval, ... of the phase; an interval of at least ``epochs`` would never do either."""
-    if epochs is None or int(interval) < int(epochs):
-        return int(interval)
-    return max(1, round(int(epochs) * OFFICIAL_CAM_INTERVAL / OFFICIAL_EPOCHS))
 
 
 class BudgetTooSmall(ValueError):
@@ -112,11 +97,9 @@ class CIM:
     # -- phases ------------------------------------------------------------------------------
     def start_phase(self, task: int, known_classes: int, total_classes: int, budget_images: int,
                     class_budget_images: Optional[int] = None, epochs: Optional[int] = None, **host) -> None:
-        """A new phase learns classes [known_classes, total_classes). The memory holds the bytes of
-        ``budget_images`` full images in all; a class its ``class_budget_images`` (default: an equal share).
-        ``epochs``: the phase's training epochs, when the host knows them: a ``cam_update_interval`` of at
-        least that many is scaled to the schedule (:func:`scaled_cam_interval`) with a warning.
-        ``host``: any of view, to_input, inner_loss, logits_fn, device (kept until changed)."""
+        """A new phase learns classes [known_classes, total_classes) with ``budget_images`` full images' bytes
+        in all, a class ``class_budget_images`` (default an equal share); ``epochs`` (when known) scales a too
+        long ``cam_update_interval`` (:mod:`.schedule`); ``host``: view, to_input, inner_loss, logits_fn, device."""
         for key, value in host.items():
             if key not in HOST_CALLABLES + ("device",):
                 raise TypeError(f"start_phase got an unexpected keyword {key!r}")
@@ -134,20 +117,8 @@ class CIM:
         self.seconds = {"meta_steps": 0.0, "box_refresh": 0.0, "memory_build": 0.0, "meta_after_training": 0.0}
         self.calls = {key: 0 for key in self.seconds}
         self.codec_start = codec_seconds(self.memory) if getattr(self, "memory", None) is not None else 0.0
-        self.cam_interval = self._phase_cam_interval(epochs)
-
-    def _phase_cam_interval(self, epochs: Optional[int]) -> int:
-        """This phase's box-refresh interval; one warning per (configured interval, epochs) that was scaled."""
-        interval = int(self.config["cam_update_interval"])
-        used = scaled_cam_interval(interval, epochs)
-        if used != interval and (interval, epochs) not in self.scaled_intervals_warned:
-            self.scaled_intervals_warned.add((interval, epochs))
-            log.warning(
-                "cam_update_interval %d is not below this phase's %d epochs, so its boxes would never be refreshed "
-                "and the compression augmentation would never start: using %d instead (the official 40 of 170 "
-                "epochs: round(%d * 40 / 170), at least 1). Set \"cam_update_interval\" below the epoch count to "
-                "choose it yourself.", interval, epochs, used, epochs)
-        return used
+        self.cam_interval = phase_cam_interval(int(self.config["cam_update_interval"]), epochs,
+                                               self.scaled_intervals_warned)
 
     def budget_bytes(self) -> int:
         return int(self.budget_images) * self.image_bytes
@@ -198,14 +169,14 @@ class CIM:
             if self.config["cim_mask"] == "cim" and epoch > 0:
                 self._meta_steps(network, dataset, lr)
             interval = self.cam_interval
-            if epoch == 0 or epoch % interval:
+            if not refresh_due(epoch, interval):
                 return
             with self._timed("box_refresh"), evaluating(network):
                 images = dataset.stored_images()
                 labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
                 _, boxes = self._features_and_boxes(network, images, labels, need_features=False)
             dataset.boxes = boxes
-            dataset.prob = min(1.0, self.config["randombbxblur_prob_incre"] * (epoch // interval))
+            dataset.prob = augment_probability(epoch, interval, self.config["randombbxblur_prob_incre"])
 
     # -- the memory --------------------------------------------------------------------------
     def build_memory(self, network: nn.Module, classes: Iterable[Tuple[int, torch.Tensor, torch.Tensor]], *,
