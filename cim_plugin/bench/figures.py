@@ -387,7 +387,9 @@ def plot_exemplars(columns: List[Dict[str, Any]], path: Path, title: str = "", d
                 spine.set_visible(False)
         if title:
             fig.suptitle(title, fontsize=11)
-        fig.text(0.5, 0.005, "box row: stored mask box (solid yellow), true object box (dashed cyan)",
+        has_true = any(col.get("true_box") is not None for col in columns)
+        fig.text(0.5, 0.005, "box row: stored mask box (solid yellow)"
+                 + (", true object box (dashed cyan)" if has_true else "; the dataset has no true object boxes"),
                  ha="center", fontsize=8, color="0.3")
         fig.tight_layout(rect=(0, 0.02, 1, 1))
         fig.savefig(path, dpi=dpi)
