@@ -1,5 +1,6 @@
 """Shared test fixtures: PyCIL availability, tiny configs, subprocess helpers."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -94,3 +95,11 @@ def tiny_learner_config(learner: str, **overrides):
             config.pop(key)
     config.update(overrides)
     return config
+
+
+def load_exps_script(name: str):
+    """The module of ``exps/<name>.py`` (a script, not a package module), for testing its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "exps" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

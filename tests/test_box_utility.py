@@ -1,21 +1,17 @@
 """exps/box_utility.py: a finished CIM run's final network on test images compressed with the learned box, the
 same-size centred and random boxes, no box, and clean; plus where the stored boxes sit."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import torch
 
-from conftest import REPO, requires_pycil, run_cli, tiny_config, write_config
+from conftest import REPO, load_exps_script, requires_pycil, run_cli, tiny_config, write_config
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("box_utility", REPO / "exps" / "box_utility.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_exps_script("box_utility")
 
 
 def test_centre_offset_is_zero_at_the_centre_and_one_at_the_edge():

@@ -1,6 +1,5 @@
 """exps/old_class_look.py: final networks on old classes clean, in the stored look, and on their own memory."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,14 +9,11 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, requires_pycil, tiny_config, write_config
+from conftest import REPO, load_exps_script, requires_pycil, tiny_config, write_config
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("old_class_look", REPO / "exps" / "old_class_look.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_exps_script("old_class_look")
 
 
 def test_grow_boxes_reaches_the_area_keeps_the_object_and_stays_inside():
