@@ -60,9 +60,8 @@ RUN_DEFAULTS: Dict[str, Any] = {
 EXAMPLES: Dict[str, Any] = {"memory_size": 2000, "init_cls": 10, "increment": 10, "memory_per_class": 20}
 
 
-def load_config(path: str | Path) -> Dict[str, Any]:
-    """Read a JSON config; a malformed file raises ConfigError with file, line and column."""
-    path = Path(path)
+def _read_json_object(path: Path) -> Dict[str, Any]:
+    """One JSON file as a dict; a malformed file raises ConfigError with file, line and column."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (pass the path of a PyCIL JSON config)")
     text = path.read_text()
@@ -78,6 +77,35 @@ def load_config(path: str | Path) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the top level must be a JSON object {{...}}, got {type(config).__name__}")
     return config
+
+
+def load_config(path: str | Path, _chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """Read a JSON config; a malformed file raises ConfigError with file, line and column.
+
+    ``"extends": "base.json"`` (a path relative to this file's folder) reads the base config first and
+    lays this file's keys over it: a config states only how it differs from its base. Bases may extend
+    further bases; a loop is an error. The returned dict has no ``"extends"`` key, so runs, manifests and
+    resume checks see the full config, exactly as if it had been written out whole.
+    """
+    path = Path(path)
+    config = _read_json_object(path)
+    if "extends" not in config:
+        return config
+    base = config.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f'{path}: "extends" must be the path of a base JSON config (relative to {path.parent}), '
+                          f"got {base!r}")
+    base_path = (path.parent / base).resolve()
+    chain = _chain + (path.resolve(),)
+    if base_path in chain:
+        loop = " -> ".join(str(p) for p in chain + (base_path,))
+        raise ConfigError(f'{path}: "extends" makes a loop ({loop}); remove "extends" from one of them')
+    if not base_path.is_file():
+        raise ConfigError(f'{path}: "extends" names {base_path}, which does not exist (the path is relative to '
+                          f"{path.parent})")
+    merged = load_config(base_path, chain)
+    merged.update(config)
+    return merged
 
 
 def closest_key(key: str, valid: Iterable[str]) -> str | None:
