@@ -439,7 +439,8 @@ def test_benchmark_report_on_a_folder_dataset_with_true_boxes(tmp_path):
         data_ = (out / name).read_bytes()
         assert data_.startswith(PNG) and len(data_) > 5000, name
     assert "![stored exemplars" in md
-    columns, _ = bench_panels.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"), sizes.load_dataset(config))
+    columns, _ = bench_panels.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"),
+                                               sizes.load_dataset(config))
     assert columns and all(col["title"].split("\n")[0] in wnids for col in columns)  # the wnids name the columns
     assert all(col["true_box"] is not None and col["original"].shape == (3, 32, 32) for col in columns)
 

@@ -3,7 +3,8 @@
 classifies its test images compressed as its memory would store them, with the learned box and with boxes of
 the same size placed at the centre and at random.
 
-    OMP_NUM_THREADS=2 .venv/bin/python exps/analysis/box_utility.py RUN_DIR [RUN_DIR ...] [--images 1000] [--json out.json]
+    OMP_NUM_THREADS=2 .venv/bin/python exps/analysis/box_utility.py RUN_DIR [RUN_DIR ...] [--images 1000] \
+        [--json out.json]
 
 RUN_DIR is an `exps/run.py` folder of a finished `"cim": true` run (checkpoint.pt, predictions.npz,
 results.json) on an in-memory dataset (a folder dataset with "resolution", synthetic, CIFAR). For up to
