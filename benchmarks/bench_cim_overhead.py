@@ -109,7 +109,7 @@ def phase_parts(row: dict, interval: int) -> tuple:
 
 
 def plot(rows: list, path: Path, interval: int) -> Path:
-    from cim_plugin.bench.figures import plot_time_breakdown
+    from cim_plugin.bench.figures import plot_time_breakdown  # matplotlib (the optional "plots" extra): only to draw
 
     bars = []
     for r in rows:

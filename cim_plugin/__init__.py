@@ -6,7 +6,9 @@
 - :mod:`cim_plugin.pycil`: everything that imports or patches PyCIL (learner registry, the mixin,
   data-manager wrappers, the runner and CLI, ``der_p``).
 - :mod:`cim_plugin.datasets`: the plug-in's datasets (PyCIL ``iData`` objects).
-- :mod:`cim_plugin.bench`: baseline-vs-CIM benchmarks, report tables, figures, metrics.
+- :mod:`cim_plugin.bench`: baseline-vs-CIM benchmarks, report tables, figures.
+- :mod:`cim_plugin.metrics`: a run's class-incremental metrics (accuracy matrix, forgetting, ...), shared by the
+  runner and the benchmark.
 
 Old flat names (``cim_plugin.memory``, ``cim_plugin.adapter``, ``cim_plugin.benchmark``, ...) still import.
 """

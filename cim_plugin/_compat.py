@@ -24,8 +24,8 @@ MOVED: Dict[str, Tuple[str, ...]] = {
         "inner_losses", "runner", "cli", "der_p", "channel_masks", "pruning", "checkpoint")},
     "adapter": ("method.data", "method.network", "method.cim", "pycil.network", "pycil.data", "pycil.mixin"),
     "plots": ("bench.figures",),
-    "metrics": ("bench.metrics",),
-    "benchmark": ("bench.runs", "bench.tables", "bench.sizes", "bench.report"),
+    "benchmark": ("bench.layout", "bench.stats", "bench.variants", "bench.manifest", "bench.plan", "bench.execute",
+                  "bench.tables", "bench.sizes", "bench.panels", "bench.report", "bench.command"),
 }
 
 

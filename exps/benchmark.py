@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from cim_plugin.bench.runs import run_benchmark
+    # imported after parsing, so that --help and bad arguments answer without loading torch
+    from cim_plugin.bench import join_benchmarks, run_benchmark
     from cim_plugin.pycil import checks
     from cim_plugin.config import ConfigError
     from cim_plugin.datasets import DatasetLayoutError
@@ -73,7 +74,6 @@ def main(argv=None) -> int:
                 print("error: --join takes benchmark folders and --out DIR only (no configs, --seeds, --mask-modes "
                       "or --codecs: the folders' own are kept)", file=sys.stderr)
                 return 2
-            from cim_plugin.bench.join import join_benchmarks
             join_benchmarks(args.join, args.out)
             args.report_only = True
         return run_benchmark(args.configs, seeds=args.seeds, out_dir=args.out, mask_modes=args.mask_modes,

@@ -98,8 +98,9 @@ def tiny_learner_config(learner: str, **overrides):
 
 
 def load_exps_script(name: str):
-    """The module of ``exps/<name>.py`` (a script, not a package module), for testing its functions."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "exps" / f"{name}.py")
+    """The module of ``exps/<name>.py`` (a script, not a package module), for testing its functions; ``name``
+    may hold a sub-path, e.g. ``"analysis/box_utility"``."""
+    spec = importlib.util.spec_from_file_location(Path(name).name, REPO / "exps" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

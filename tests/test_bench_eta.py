@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cim_plugin.bench import runs as bench_runs
+from cim_plugin.bench import execute, plan
 from cim_plugin.bench.eta import eta_seconds, eta_text
 
 
@@ -32,8 +32,8 @@ def test_each_closing_line_says_how_long_the_benchmark_has_left(tmp_path, monkey
     resume, counted with its recorded wall time): after each run the estimate is the runs still to go, 10 s
     each; the last line has nothing left to estimate."""
     clock = [0.0]
-    monkeypatch.setattr(bench_runs.time, "perf_counter", lambda: clock[0])
-    specs = [bench_runs.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
+    monkeypatch.setattr(execute.time, "perf_counter", lambda: clock[0])
+    specs = [plan.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
                                 tmp_path / f"run_{k}") for k in range(4)]
     specs[0].dir.mkdir()
     (specs[0].dir / "results.json").write_text(json.dumps({"finished": True, "phases": [], "wall_s": 10.0}))
@@ -44,7 +44,7 @@ def test_each_closing_line_says_how_long_the_benchmark_has_left(tmp_path, monkey
         return 0
 
     lines = []
-    assert bench_runs.execute_runs(specs, True, runner, lines.append) == []
+    assert execute.execute_runs(specs, True, runner, lines.append) == []
     done = [ln for ln in lines if "done in" in ln]
     assert done[0].endswith("about 20 s left")  # run_1 (cim) done: run_2 and run_3 left, 10 s each
     assert done[1].endswith("about 10 s left")

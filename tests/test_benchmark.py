@@ -14,7 +14,8 @@ import torch
 
 from conftest import REPO, requires_pycil, tiny_config, write_config
 
-from cim_plugin.bench import report, runs as bench_runs, sizes, tables
+from cim_plugin import bench
+from cim_plugin.bench import execute, panels as bench_panels, report, sizes, stats, tables
 from cim_plugin.config import ConfigError
 from cim_plugin.pycil import checks as pycil_checks
 from cim_plugin.method.memory import CompressedMemory
@@ -92,9 +93,9 @@ def test_report_draws_old_vs_new_and_the_accuracy_matrix(tmp_path):
 
 
 def test_single_seed_has_no_std_and_empty_folder_gives_a_stub(tmp_path):
-    assert tables.mean_std([3.0]) == (3.0, pytest.approx(float("nan"), nan_ok=True), 1)
-    assert tables.fmt(*tables.mean_std([3.0])[:2]) == "3.00"
-    assert tables.fmt(float("nan")) == "—"
+    assert stats.mean_std([3.0]) == (3.0, pytest.approx(float("nan"), nan_ok=True), 1)
+    assert stats.fmt(*stats.mean_std([3.0])[:2]) == "3.00"
+    assert stats.fmt(float("nan")) == "—"
     written = report.build_report(tmp_path)
     assert "No finished run" in written["summary.md"].read_text()
 
@@ -167,8 +168,8 @@ def test_object_size_tables_box_iou_and_exemplar_grid(tmp_path):
     written = report.build_report(tmp_path)
     md = written["summary.md"].read_text()
     assert "## By object size" in md and "terciles" in md
-    assert "| icarl_syn | cim-cam | cam | 1.000 | " + tables.fmt(iou_true.random_iou, digits=3) + " | " \
-        + tables.fmt(iou_true.center_iou, digits=3) + " |" in md
+    assert "| icarl_syn | cim-cam | cam | 1.000 | " + stats.fmt(iou_true.random_iou, digits=3) + " | " \
+        + stats.fmt(iou_true.center_iou, digits=3) + " |" in md
     assert "same-size random IoU | same-size centred IoU" in md
     data = written["exemplars.png"].read_bytes()
     assert data.startswith(PNG) and len(data) > 10000
@@ -180,7 +181,7 @@ def test_exemplar_columns_hold_original_cam_box_and_decoded(tmp_path):
     run_dir.mkdir()
     order = np.arange(6)
     _cim_artifacts(run_dir, idata, order, lambda src: torch.as_tensor(idata.train_boxes)[src], [2] * 6)
-    columns, _ = report.exemplar_columns(str(run_dir), idata, n_classes=3)
+    columns, _ = bench_panels.exemplar_columns(str(run_dir), idata, n_classes=3)
     assert len(columns) == 3
     for col in columns:
         assert col["original"].shape == (3, 32, 32) and col["original"].dtype == np.uint8
@@ -192,12 +193,12 @@ def test_exemplar_columns_hold_original_cam_box_and_decoded(tmp_path):
 
 
 def test_variants_and_mask_modes():
-    assert list(bench_runs.variants_for({})) == ["baseline", "cim"]
-    assert bench_runs.variants_for({"cim_mask": "cam"})["cim-cam"] == {"cim": True, "cim_mask": "cam"}
-    v = bench_runs.variants_for({"cim_mask": "cam"}, ["random", "center", "random"])
+    assert list(bench.variants_for({})) == ["baseline", "cim"]
+    assert bench.variants_for({"cim_mask": "cam"})["cim-cam"] == {"cim": True, "cim_mask": "cam"}
+    v = bench.variants_for({"cim_mask": "cam"}, ["random", "center", "random"])
     assert list(v) == ["baseline", "cim-random", "cim-center"]
     with pytest.raises(ConfigError, match="unknown mask mode"):
-        bench_runs.variants_for({}, ["boxes"])
+        bench.variants_for({}, ["boxes"])
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -222,7 +223,7 @@ def _bench(paths, out, **kw):
     messages = []
     kw.setdefault("runner", FakeRunner())
     kw.setdefault("checks", pycil_checks)
-    rc = bench_runs.run_benchmark(paths, out_dir=out, echo=messages.append, warn=lambda m: messages.append("W " + m), **kw)
+    rc = bench.run_benchmark(paths, out_dir=out, echo=messages.append, warn=lambda m: messages.append("W " + m), **kw)
     return rc, messages
 
 
@@ -402,15 +403,15 @@ def test_class_names_is_a_list_on_every_dataset(tmp_path):
     tiny = build_idata("tinyimagenet", {"data_root": str(tmp_path)})
     tiny.download_data()
     for idata, names in ((syn, syn.class_names), (tiny, wnids)):
-        assert report.class_names_of(idata) == names
-    assert report.class_names_of(None) is None
+        assert bench_panels.class_names_of(idata) == names
+    assert bench_panels.class_names_of(None) is None
 
     class Broken:
         def class_names(self):
             return ["a"]
 
     with pytest.raises(TypeError, match="must be a list"):
-        report.class_names_of(Broken())
+        bench_panels.class_names_of(Broken())
 
 
 @requires_pycil
@@ -438,7 +439,8 @@ def test_benchmark_report_on_a_folder_dataset_with_true_boxes(tmp_path):
         data_ = (out / name).read_bytes()
         assert data_.startswith(PNG) and len(data_) > 5000, name
     assert "![stored exemplars" in md
-    columns, _ = report.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"), sizes.load_dataset(config))
+    columns, _ = bench_panels.exemplar_columns(str(out / "tiny_folder" / "cim" / "seed_1993"),
+                                               sizes.load_dataset(config))
     assert columns and all(col["title"].split("\n")[0] in wnids for col in columns)  # the wnids name the columns
     assert all(col["true_box"] is not None and col["original"].shape == (3, 32, 32) for col in columns)
 
@@ -448,7 +450,7 @@ def test_jobs_run_specs_side_by_side_and_report_failures_in_plan_order(tmp_path)
     import threading
     import time as _time
 
-    specs = [bench_runs.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
+    specs = [bench.RunSpec("c", "baseline" if k % 2 == 0 else "cim", k // 2, {"seed": [k // 2]},
                         tmp_path / f"run_{k}") for k in range(6)]
     running, peak, lock = [0], [0], threading.Lock()
 
@@ -465,12 +467,12 @@ def test_jobs_run_specs_side_by_side_and_report_failures_in_plan_order(tmp_path)
         return 0
 
     lines = []
-    failed = bench_runs.execute_runs(specs, False, runner, lines.append, jobs=2)
+    failed = bench.execute_runs(specs, False, runner, lines.append, jobs=2)
     assert peak[0] == 2
     assert [s.dir.name for s in failed] == ["run_1", "run_4"]
     assert sum("started" in ln for ln in lines) == 6
-    with pytest.raises(bench_runs.ConfigError, match="--jobs"):
-        bench_runs.run_benchmark(["x.json"], jobs=0)
+    with pytest.raises(ConfigError, match="--jobs"):
+        bench.run_benchmark(["x.json"], jobs=0)
 
 
 def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
@@ -483,16 +485,16 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
 
     def runner(spec, resume):
         proc = subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
-        with bench_runs._LIVE_LOCK:
-            bench_runs._LIVE.add(proc)
+        with execute._LIVE_LOCK:
+            execute._LIVE.add(proc)
         started.append(proc)
         try:
             return proc.wait()
         finally:
-            with bench_runs._LIVE_LOCK:
-                bench_runs._LIVE.discard(proc)
+            with execute._LIVE_LOCK:
+                execute._LIVE.discard(proc)
 
-    specs = [bench_runs.RunSpec("c", "baseline", k, {"seed": [k]}, tmp_path / f"run_{k}") for k in range(5)]
+    specs = [bench.RunSpec("c", "baseline", k, {"seed": [k]}, tmp_path / f"run_{k}") for k in range(5)]
     import os
     import signal
     import threading
@@ -505,7 +507,7 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
             # which the kernel may hand to any thread; the main thread must still notice it promptly
             threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
 
-    monkeypatch.setattr(bench_runs, "_STOP", threading.Event())
+    monkeypatch.setattr(execute, "_STOP", threading.Event())
     # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: give this process
     # the handler an interactive Ctrl-C meets (KeyboardInterrupt), whatever the suite was started from.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -518,7 +520,7 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
     start = _time.perf_counter()
     try:
         with pytest.raises(KeyboardInterrupt):
-            bench_runs.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
+            bench.execute_runs(specs, False, runner, interrupting_echo, jobs=2)
     finally:
         gc.enable()
         signal.signal(signal.SIGINT, previous)
@@ -606,14 +608,14 @@ def test_time_table_splits_each_run_into_its_parts():
 
 @requires_pycil
 def test_codec_signature_reads_each_jpeg_runs_final_network(tmp_path):
-    """exps/codec_signature.py on a finished JPEG benchmark: its clean-image numbers are the run's own
+    """exps/analysis/codec_signature.py on a finished JPEG benchmark: its clean-image numbers are the run's own
     last-phase top-1 (same network, transform and class order), and it covers every JPEG run."""
     cfg = write_config(tmp_path / "tiny.json", tiny_config(jpeg_quality=50, init_epoch=6, epochs=3, init_lr=0.02,
                                                            lrate=0.02, init_milestones=[5], milestones=[2]))
     out = tmp_path / "bench"
     result = _cli(cfg, "--out", out, "--seeds", "1993", "--mask-modes", "full", "--codecs", "jpeg", timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    sig = subprocess.run([sys.executable, str(REPO / "exps" / "codec_signature.py"), str(out / "tiny")],
+    sig = subprocess.run([sys.executable, str(REPO / "exps" / "analysis" / "codec_signature.py"), str(out / "tiny")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert sig.returncode == 0, sig.stderr[-2000:]
@@ -642,7 +644,7 @@ def test_variant_against_variant_pairs_by_seed_within_a_config_and_across_config
         for seed, value in by_seed.items():
             fake_results(tmp_path / stem / variant / f"seed_{seed}", seed=seed, aia=value, last=value - 10, cim=True)
     groups = tables.collect_runs(tmp_path)
-    order = tables._order(groups, None)
+    order = tables.run_order(groups, None)
     rows = {(r["a"], r["b"]): r for r in pairs.pair_rows(groups, order)}
     assert set(rows) == {(("c", "cim-cim-jpeg"), ("c", "cim-full-jpeg")),
                          (("c", "cim-cim-jpeg"), ("c_aug", "cim-cim-jpeg"))}

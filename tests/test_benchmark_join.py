@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO
 from test_benchmark import fake_results
 
-from cim_plugin.bench import runs as bench_runs
+from cim_plugin import bench
+from cim_plugin.bench import report
 from cim_plugin.bench.join import join_benchmarks
 from cim_plugin.config import ConfigError
 
@@ -24,11 +25,11 @@ def fake_benchmark(root, seeds_by_config, aia_of=lambda stem, variant, seed: 40.
     """A benchmark folder as exps/benchmark.py leaves it: manifest + finished run folders."""
     configs = configs or {stem: {"path": f"exps/bench/{stem}.json", "config": dict(CFG)} for stem in seeds_by_config}
     seeds = sorted({s for v in seeds_by_config.values() for s in v})
-    manifest = bench_runs.make_manifest(configs, seeds, None, baseline_only=baseline_only)
+    manifest = bench.make_manifest(configs, seeds, None, baseline_only=baseline_only)
     if any(sorted(v) != seeds for v in seeds_by_config.values()):  # as a joined folder's manifest says it
         manifest["config_seeds"] = {stem: sorted(v) for stem, v in seeds_by_config.items()}
     root.mkdir(parents=True)
-    (root / bench_runs.MANIFEST).write_text(json.dumps(manifest))
+    (root / bench.MANIFEST).write_text(json.dumps(manifest))
     for stem, stem_seeds in seeds_by_config.items():
         for variant in manifest["variants"][stem]:
             for seed in stem_seeds:
@@ -57,7 +58,6 @@ def test_join_reports_all_runs_once_with_each_configs_own_seeds(tmp_path):
     assert linked.read_bytes() == (a2 / "a" / "cim" / "seed_3" / "results.json").read_bytes()
     assert os.stat(linked).st_ino == os.stat(a2 / "a" / "cim" / "seed_3" / "results.json").st_ino  # a hard link
 
-    from cim_plugin.bench import report
     report.build_report(out, dataset_loader=lambda config: None)
     rows = rows_of(out)
     a = rows[("a", "cim")]
@@ -75,7 +75,6 @@ def test_join_still_names_runs_a_source_never_finished(tmp_path):
     a1 = fake_benchmark(tmp_path / "a1", {"a": [1, 2]})
     a2 = fake_benchmark(tmp_path / "a2", {"a": [3, 4]})
     (a2 / "a" / "cim" / "seed_4" / "results.json").unlink()
-    from cim_plugin.bench import report
     join_benchmarks([a1, a2], tmp_path / "j")
     report.build_report(tmp_path / "j", dataset_loader=lambda config: None)
     assert "1 run(s) not finished, left out: a/cim/seed_4" in (tmp_path / "j" / "summary.md").read_text()
@@ -124,17 +123,15 @@ def test_baseline_only_runs_no_cim_and_every_arm_is_compared_with_the_joined_ref
     the report compares each of that benchmark's arms with the reference run by run (e.g. CIM against the
     learner with twice the memory), with the reference as b."""
     from test_benchmark import FakeRunner
-    from cim_plugin.bench import report
-
     config = tmp_path / "a_m2.json"
     config.write_text(json.dumps(dict(CFG, memory_size=120)))
     runner, out = FakeRunner(), tmp_path / "ref"
-    rc = bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+    rc = bench.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
                                   baseline_only=True)
     assert rc == 0 and [name for name, _ in runner.calls] == ["a_m2/baseline/seed_1", "a_m2/baseline/seed_2"]
-    assert json.loads((out / bench_runs.MANIFEST).read_text())["variants"] == {"a_m2": ["baseline"]}
+    assert json.loads((out / bench.MANIFEST).read_text())["variants"] == {"a_m2": ["baseline"]}
     with pytest.raises(ConfigError, match="--baseline-only runs no CIM variant"):
-        bench_runs.run_benchmark([config], seeds=[1], out_dir=tmp_path / "x", mask_modes=["cam"], baseline_only=True,
+        bench.run_benchmark([config], seeds=[1], out_dir=tmp_path / "x", mask_modes=["cam"], baseline_only=True,
                                  runner=runner, echo=lambda m: None)
 
     gains = {1: 2.0, 2: 6.0, 3: 1.0}
@@ -157,8 +154,6 @@ def test_no_baseline_runs_the_cim_variants_alone_and_compares_them_with_each_oth
     baseline row and no gain over one, and the variants are compared with each other run by run; one variant
     alone, or both flags, are refused before anything runs."""
     from test_benchmark import fake_results
-    from cim_plugin.bench import report
-
     aia = {("cim-cim-jpeg", 1): 60.0, ("cim-cim-jpeg", 2): 55.0, ("cim-full-jpeg", 1): 57.0,
            ("cim-full-jpeg", 2): 54.0}
     calls = []
@@ -173,12 +168,12 @@ def test_no_baseline_runs_the_cim_variants_alone_and_compares_them_with_each_oth
     config = tmp_path / "a_m4.json"
     config.write_text(json.dumps(dict(CFG, memory_size=4)))
     out = tmp_path / "tiny"
-    rc = bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+    rc = bench.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
                                   mask_modes=["cim", "full"], codecs=["jpeg"], no_baseline=True)
     assert rc == 0
     assert calls == ["a_m4/cim-cim-jpeg/seed_1", "a_m4/cim-full-jpeg/seed_1",
                      "a_m4/cim-cim-jpeg/seed_2", "a_m4/cim-full-jpeg/seed_2"]
-    assert json.loads((out / bench_runs.MANIFEST).read_text())["variants"] == {"a_m4": ["cim-cim-jpeg",
+    assert json.loads((out / bench.MANIFEST).read_text())["variants"] == {"a_m4": ["cim-cim-jpeg",
                                                                                        "cim-full-jpeg"]}
     assert not (out / "a_m4" / "baseline").exists()
     rows = rows_of(out)
@@ -187,17 +182,17 @@ def test_no_baseline_runs_the_cim_variants_alone_and_compares_them_with_each_oth
     md = (out / "summary.md").read_text()
     assert "| cim-cim-jpeg (a_m4) | cim-full-jpeg | 2 | +2.00 ± 1.00 | +3.00, +1.00 |" in md
     # --resume with the same flags goes on; without --no-baseline it is another setup
-    assert bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+    assert bench.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
                                     mask_modes=["cim", "full"], codecs=["jpeg"], no_baseline=True, resume=True) == 0
     assert len(calls) == 4
     with pytest.raises(ConfigError, match="different setup"):
-        bench_runs.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
+        bench.run_benchmark([config], seeds=[1, 2], out_dir=out, runner=runner, echo=lambda m: None,
                                  mask_modes=["cim", "full"], codecs=["jpeg"], resume=True)
     with pytest.raises(ConfigError, match="--no-baseline leaves one CIM variant"):
-        bench_runs.run_benchmark([config], seeds=[1], out_dir=tmp_path / "x", runner=runner, echo=lambda m: None,
+        bench.run_benchmark([config], seeds=[1], out_dir=tmp_path / "x", runner=runner, echo=lambda m: None,
                                  no_baseline=True)
     with pytest.raises(ConfigError, match="exclude each other"):
-        bench_runs.run_benchmark([config], seeds=[1], out_dir=tmp_path / "y", runner=runner, echo=lambda m: None,
+        bench.run_benchmark([config], seeds=[1], out_dir=tmp_path / "y", runner=runner, echo=lambda m: None,
                                  baseline_only=True, no_baseline=True)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     script = str(REPO / "exps" / "benchmark.py")

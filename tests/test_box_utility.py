@@ -1,4 +1,4 @@
-"""exps/box_utility.py: a finished CIM run's final network on test images compressed with the learned box, the
+"""exps/analysis/box_utility.py: a finished CIM run's final network on test images compressed with the learned box, the
 same-size centred and random boxes, no box, and clean; plus where the stored boxes sit."""
 
 import json
@@ -11,7 +11,7 @@ from conftest import REPO, load_exps_script, requires_pycil, run_cli, tiny_confi
 
 
 def _script():
-    return load_exps_script("box_utility")
+    return load_exps_script("analysis/box_utility")
 
 
 def test_centre_offset_is_zero_at_the_centre_and_one_at_the_edge():
@@ -30,7 +30,7 @@ def test_box_utility_on_a_finished_cim_run(tmp_path):
     result = run_cli([write_config(tmp_path / "c.json", config), "--out", out], timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report_path = tmp_path / "box.json"
-    done = subprocess.run([sys.executable, str(REPO / "exps" / "box_utility.py"), str(out), "--json",
+    done = subprocess.run([sys.executable, str(REPO / "exps" / "analysis" / "box_utility.py"), str(out), "--json",
                            str(report_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (report,) = json.loads(report_path.read_text())
@@ -46,6 +46,6 @@ def test_box_utility_on_a_finished_cim_run(tmp_path):
 
 def test_box_utility_refuses_a_baseline_run(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"cim": False, "config": {}}))
-    done = subprocess.run([sys.executable, str(REPO / "exps" / "box_utility.py"), str(tmp_path)],
+    done = subprocess.run([sys.executable, str(REPO / "exps" / "analysis" / "box_utility.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "is not a CIM run" in done.stderr

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from cim_plugin.bench import metrics
+from cim_plugin import metrics
 from cim_plugin.config import (
     ConfigError,
     load_config,

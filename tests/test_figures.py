@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cim_plugin.bench import figures
+from cim_plugin.bench import figures, panels as bench_panels, report
 
 
 def test_phase_ticks_are_the_classes_seen_after_each_phase():
@@ -89,21 +89,19 @@ def _run_results(cim, seed, matrix):
 
 
 def test_write_run_figures_and_report_panels(tmp_path):
-    from cim_plugin.bench import report
-
     matrix = [[80.0, None], [40.0, 70.0]]
     written = report.write_run_figures(tmp_path, _run_results(True, 1, matrix))
     assert sorted(written) == ["accuracy_matrix.png", "old_new.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written.values())
     groups = {("icarl_x", "cim"): {1: _run_results(True, 1, matrix), 2: _run_results(True, 2, [[60.0, None],
                                                                                                 [20.0, 90.0]])}}
-    (panel,) = report.old_new_panels(groups, list(groups))
+    (panel,) = bench_panels.old_new_panels(groups, list(groups))
     (line,) = panel["lines"]
     assert line["seeds"] == 2 and line["x"] == [5, 10]
     assert np.isnan(line["old_mean"][0]) and line["old_mean"][1] == pytest.approx(30.0)
     assert line["new_mean"] == pytest.approx([70.0, 80.0])
-    (mpanel,) = report.matrix_panels(groups, list(groups))
+    (mpanel,) = bench_panels.matrix_panels(groups, list(groups))
     assert mpanel["seeds"] == 2 and mpanel["tasks"] == ["0–4", "5–9"]
     np.testing.assert_allclose(mpanel["matrix"], [[70.0, np.nan], [30.0, 80.0]])
     # runs written before the accuracy matrix was stored: no panel, no figure
-    assert report.matrix_panels({("a", "cim"): {1: {"phases": [{"classes": 5}]}}}, [("a", "cim")]) == []
+    assert bench_panels.matrix_panels({("a", "cim"): {1: {"phases": [{"classes": 5}]}}}, [("a", "cim")]) == []

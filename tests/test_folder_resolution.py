@@ -182,8 +182,8 @@ def test_prepare_photos20_links_both_sources_into_one_tree(tmp_path):
     _tree(tmp_path / "nette", classes=("n1", "n2"), per_class=1)
     _tree(tmp_path / "woof", classes=("n3",), per_class=1)
     dest = tmp_path / "photos"
-    cmd = [sys.executable, str(REPO / "exps" / "prepare_photos20.py"), str(tmp_path / "nette"), str(tmp_path / "woof"),
-           "--dest", str(dest)]
+    cmd = [sys.executable, str(REPO / "exps" / "data" / "prepare_photos20.py"), str(tmp_path / "nette"),
+           str(tmp_path / "woof"), "--dest", str(dest)]
     assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
     assert sorted(os.listdir(dest / "train")) == ["n1", "n2", "n3"] == sorted(os.listdir(dest / "val"))
     assert _loaded("imagefolder", str(dest), resolution=8).train_targets.tolist() == [0, 1, 2]

@@ -362,20 +362,20 @@ def test_full_raw_holds_what_the_baseline_holds(tmp_path):
 
 # ------------------------------------------------------------------------------------ benchmark
 def test_benchmark_gives_one_variant_per_mask_mode_and_codec():
-    from cim_plugin.bench import runs
+    from cim_plugin import bench
 
-    v = runs.variants_for({}, ["cim", "full"], ["raw", "jpeg"])
+    v = bench.variants_for({}, ["cim", "full"], ["raw", "jpeg"])
     assert list(v) == ["baseline", "cim-cim", "cim-cim-jpeg", "cim-full", "cim-full-jpeg"]
     assert v["cim-full-jpeg"] == {"cim": True, "cim_mask": "full", "exemplar_codec": "jpeg"}
     assert v["cim-cim"] == {"cim": True, "cim_mask": "cim", "exemplar_codec": "raw"}
-    assert runs.variants_for({}, None, ["jpeg"]) == {"baseline": {"cim": False},
-                                                      "cim-jpeg": {"cim": True, "exemplar_codec": "jpeg"}}
-    assert runs.variants_for({"cim_mask": "cam"}) == {"baseline": {"cim": False},
-                                                       "cim-cam": {"cim": True, "cim_mask": "cam"}}  # as before
+    assert bench.variants_for({}, None, ["jpeg"]) == {"baseline": {"cim": False},
+                                                       "cim-jpeg": {"cim": True, "exemplar_codec": "jpeg"}}
+    assert bench.variants_for({"cim_mask": "cam"}) == {"baseline": {"cim": False},
+                                                        "cim-cam": {"cim": True, "cim_mask": "cam"}}  # as before
     with pytest.raises(ConfigError, match="unknown exemplar codec 'png'"):
-        runs.variants_for({}, None, ["png"])
+        bench.variants_for({}, None, ["png"])
     tmp = Path("/t")
-    plan = runs.plan_runs({"x": {"path": "x.json", "config": {}}}, [1, 2], tmp, ["full"], ["raw", "jpeg"])
+    plan = bench.plan_runs({"x": {"path": "x.json", "config": {}}}, [1, 2], tmp, ["full"], ["raw", "jpeg"])
     assert [(r.variant, r.seed) for r in plan] == [(n, s) for s in (1, 2) for n in ("baseline", "cim-full",
                                                                                    "cim-full-jpeg")]
     assert plan[2].config["exemplar_codec"] == "jpeg" and plan[2].dir == tmp / "x" / "cim-full-jpeg" / "seed_1"

@@ -1,4 +1,5 @@
-"""exps/mask_growth.py: every meta step of a CIM run logged, with φ's learning rate held and the inner loss replaced."""
+"""exps/analysis/mask_growth.py: every meta step of a CIM run logged, with φ's learning rate held and the inner loss
+replaced."""
 
 import json
 import os
@@ -15,8 +16,8 @@ def test_mask_growth_logs_every_meta_step_and_holds_phi_lr(tmp_path):
     path = tmp_path / "foster_tiny.json"
     path.write_text(json.dumps(config))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(REPO / "exps" / "mask_growth.py"), str(path), "--seed", "1993",
-                           "--out", str(out), "--phi-lr", "constant", "--inner-loss", "ce"],
+    proc = subprocess.run([sys.executable, str(REPO / "exps" / "analysis" / "mask_growth.py"), str(path),
+                           "--seed", "1993", "--out", str(out), "--phi-lr", "constant", "--inner-loss", "ce"],
                           capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = json.loads((out / "meta_steps.json").read_text())

@@ -1,4 +1,4 @@
-"""exps/old_class_look.py: final networks on old classes clean, in the stored look, and on their own memory."""
+"""exps/analysis/old_class_look.py: final networks on old classes clean, in the stored look, and on their own memory."""
 
 import json
 import math
@@ -13,7 +13,7 @@ from conftest import REPO, load_exps_script, requires_pycil, tiny_config, write_
 
 
 def _script():
-    return load_exps_script("old_class_look")
+    return load_exps_script("analysis/old_class_look")
 
 
 def test_grow_boxes_reaches_the_area_keeps_the_object_and_stays_inside():
@@ -46,7 +46,7 @@ def test_old_class_look_matches_the_runs_own_accuracy_and_reads_both_memories(tm
     bench = subprocess.run([sys.executable, str(REPO / "exps" / "benchmark.py"), str(cfg), "--out", str(out),
                             "--seeds", "1993"], capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
     assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
-    look = subprocess.run([sys.executable, str(REPO / "exps" / "old_class_look.py"), str(out),
+    look = subprocess.run([sys.executable, str(REPO / "exps" / "analysis" / "old_class_look.py"), str(out),
                            "--backbones"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert look.returncode == 0, look.stderr[-2000:]

@@ -38,6 +38,9 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+__all__ = ["DPI", "BASELINE_COLOUR", "variant_colours", "phase_ticks", "seeds_note", "plot_curves", "plot_old_new",
+           "plot_accuracy_matrix", "plot_time_breakdown", "plot_memory", "ROW_LABELS", "plot_exemplars"]
+
 DPI = 170
 BASELINE_COLOUR = "#444444"
 _STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,

@@ -22,7 +22,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from ..config import ConfigError
 from ..io import write_json
-from .runs import MANIFEST, MANIFEST_SCHEMA, config_keys_differing, read_manifest
+from .manifest import MANIFEST, MANIFEST_SCHEMA, config_keys_differing, read_manifest
+
+__all__ = ["join_manifests", "join_benchmarks"]
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -1,20 +1,38 @@
-"""The benchmark folder's manifest (``DIR/benchmark.json``): reading it, comparing two, and preparing a
-folder for a new, resumed or replaced benchmark."""
+"""The benchmark folder's manifest (``DIR/benchmark.json``): making it, reading it, comparing two, and preparing
+a folder for a new, resumed or replaced benchmark."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..config import ConfigError
 from ..io import write_json
+from .variants import variants_for
 
 MANIFEST = "benchmark.json"
 MANIFEST_SCHEMA = "cim-plugin/benchmark/1"
 REPORT_FILES = ("summary.md", "summary.csv", "curves.png", "old_new.png", "accuracy_matrix.png", "memory.png",
                 "exemplars.png")
+
+__all__ = ["MANIFEST", "MANIFEST_SCHEMA", "REPORT_FILES", "make_manifest", "read_manifest", "config_keys_differing",
+           "manifest_differences", "prepare_out_dir"]
+
+
+def make_manifest(configs: Dict[str, Dict[str, Any]], seeds: Sequence[int], mask_modes: Optional[Sequence[str]],
+                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False,
+                  no_baseline: bool = False) -> Dict[str, Any]:
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "configs": configs,
+        "seeds": [int(s) for s in seeds],
+        "variants": {stem: list(variants_for(e["config"], mask_modes, codecs, baseline_only, no_baseline))
+                     for stem, e in configs.items()},
+        "mask_modes": list(mask_modes) if mask_modes else None,
+        **({"codecs": list(codecs)} if codecs else {}),
+    }
 
 
 def read_manifest(out_dir: Path) -> Optional[Dict[str, Any]]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Tuple
 
-from .runs import BASELINE
-from .tables import mean_std
+from .layout import BASELINE
+from .stats import mean_std
+
+__all__ = ["comparable_pairs", "pair_rows", "pairs_section"]
 
 FIELDS = ("avg_incremental_accuracy_cnn", "last_top1_cnn")  # results.json keys compared
 

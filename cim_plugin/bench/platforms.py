@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any, Dict, List, Tuple
 
 from ..platform_info import numerics_key
-from .runs import BASELINE
+from .layout import BASELINE
 
 __all__ = ["platform_section", "mixed_pairs", "run_platform"]
 

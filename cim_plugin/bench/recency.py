@@ -11,8 +11,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .sizes import _predictions
-from .tables import fmt, mean_std
+from .layout import read_predictions
+from .stats import fmt, mean_std
+
+__all__ = ["recency_split", "recency_rows", "recency_section"]
 
 FIELDS = ("old_top1", "old_to_new", "new_top1", "new_to_old")
 
@@ -33,7 +35,7 @@ def recency_split(y_true: np.ndarray, y_pred: np.ndarray, known: int) -> Dict[st
 
 def _run_split(res: Dict[str, Any]) -> Optional[Dict[str, float]]:
     phases = res.get("phases") or []
-    pred = _predictions(res["_dir"]) if len(phases) >= 2 else None
+    pred = read_predictions(res["_dir"]) if len(phases) >= 2 else None
     if pred is None:
         return None
     return recency_split(pred["y_true"], pred["y_pred"], int(phases[-2]["classes"]))

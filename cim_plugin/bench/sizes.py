@@ -5,16 +5,19 @@ the true ones beside same-size random and centred references."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .runs import BASELINE
-from .tables import fmt, mean_std
+from ..datasets import DATASETS, build_idata
+from ..method.boxes import box_coverage, box_iou, same_size_center_boxes, same_size_random_boxes
+from .layout import BASELINE, read_exemplars, read_predictions
+from .stats import fmt, mean_std
+
+__all__ = ["SizeInfo", "size_info", "dataset_key", "load_dataset", "size_split", "REFERENCE_DRAWS", "REFERENCE_SEED",
+           "BoxIoU", "box_ious", "box_iou_of_run", "object_size_section"]
 
 
 # ------------------------------------------------------------------------------ object sizes
@@ -51,9 +54,7 @@ def size_info(idata) -> Optional[SizeInfo]:
                     {int(c): float(m) for c, m in zip(labels, medians)})
 
 
-def _dataset_key(config: Dict[str, Any]) -> str:
-    from ..datasets import DATASETS
-
+def dataset_key(config: Dict[str, Any]) -> str:
     cls = DATASETS.get(str(config.get("dataset", "")).lower())
     keys = ("dataset",) + tuple(getattr(cls, "option_keys", ()))
     return json.dumps({k: config.get(k) for k in keys}, sort_keys=True)
@@ -61,20 +62,10 @@ def _dataset_key(config: Dict[str, Any]) -> str:
 
 def load_dataset(config: Dict[str, Any]):
     """The run's dataset object with its data read (None for PyCIL's own datasets)."""
-    from ..datasets import build_idata
-
     idata = build_idata(config["dataset"], config)
     if idata is not None:
         idata.download_data()
     return idata
-
-
-def _predictions(run_dir: str) -> Optional[Dict[str, np.ndarray]]:
-    path = Path(run_dir) / "predictions.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 def size_split(runs: Dict[int, Dict[str, Any]], info: SizeInfo) -> Dict[str, List[Tuple[float, float]]]:
@@ -84,7 +75,7 @@ def size_split(runs: Dict[int, Dict[str, Any]], info: SizeInfo) -> Dict[str, Lis
     exemplars: List[List[float]] = [[], [], []]
     accuracy: List[List[float]] = [[], [], []]
     for res in runs.values():
-        pred = _predictions(res["_dir"])
+        pred = read_predictions(res["_dir"])
         if pred is None:
             continue
         order = np.asarray(pred["class_order"])
@@ -103,13 +94,6 @@ def size_split(runs: Dict[int, Dict[str, Any]], info: SizeInfo) -> Dict[str, Lis
             if (test_groups == g).any():
                 accuracy[g].append(float(100.0 * correct[test_groups == g].mean()))
     return {"exemplars": [mean_std(v)[:2] for v in exemplars], "accuracy": [mean_std(v)[:2] for v in accuracy]}
-
-
-def _load_exemplars(run_dir: str) -> Optional[Dict[str, Any]]:
-    path = Path(run_dir) / "exemplars.pt"
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 #: placements of the same-size random reference box per stored box, and the seed of their generator
@@ -138,8 +122,6 @@ class BoxIoU(NamedTuple):
 def box_ious(stored: torch.Tensor, true: torch.Tensor, size: Tuple[int, int],
              draws: int = REFERENCE_DRAWS, seed: int = REFERENCE_SEED) -> BoxIoU:
     """:class:`BoxIoU` of stored boxes int Tensor(N, 4) vs true boxes int Tensor(N, 4) of (H, W) images."""
-    from ..method.boxes import box_coverage, box_iou, same_size_center_boxes, same_size_random_boxes
-
     H, W = size
     stored, true = stored.long().cpu(), true.long().cpu()
     gen = torch.Generator().manual_seed(seed)
@@ -155,7 +137,7 @@ def box_ious(stored: torch.Tensor, true: torch.Tensor, size: Tuple[int, int],
 def box_iou_of_run(run_dir: str, idata) -> Optional[BoxIoU]:
     """:class:`BoxIoU` of a run's stored boxes (exemplars.pt) vs the dataset's true boxes; None without
     exemplars.pt, boxes or a known source image."""
-    ex = _load_exemplars(run_dir)
+    ex = read_exemplars(run_dir)
     if ex is None or ex.get("boxes") is None or getattr(idata, "train_boxes", None) is None:
         return None
     src = torch.as_tensor(ex["source_index"]).long()
@@ -167,7 +149,6 @@ def box_iou_of_run(run_dir: str, idata) -> Optional[BoxIoU]:
     return box_ious(stored, true, tuple(idata.image_size))
 
 
-
 def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
     """Markdown of the object-size tables and the box IoU table (configs whose dataset has boxes)."""
     lines: List[str] = []
@@ -175,7 +156,7 @@ def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
     for stem, variant in order:
         runs = groups[(stem, variant)]
         config = next(iter(runs.values()))["config"]
-        idata, info = datasets.get(_dataset_key(config), (None, None))
+        idata, info = datasets.get(dataset_key(config), (None, None))
         if info is None:
             continue
         split = size_split(runs, info)
@@ -225,5 +206,3 @@ def object_size_section(groups, order, datasets: Dict[str, Any]) -> List[str]:
         for stem, variant, mode, stats, n in iou_rows:
             lines.append(f"| {stem} | {variant} | {mode} | " + " | ".join(fmt(m, s, 3) for m, s in stats) + f" | {n} |")
     return lines
-
-

@@ -1,44 +1,22 @@
-"""The benchmark's tables: statistics over seeds, the summary rows and CSV, the results table with
+"""The benchmark's tables: the finished runs of a folder, the summary rows and CSV, the results table with
 gains paired by seed, and accuracy on old vs new classes per phase."""
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..io import atomic_write_text
-from .runs import BASELINE, read_results
+from .layout import BASELINE, read_results
+from .stats import fmt, human_bytes, mean_std
 
-
-# ---------------------------------------------------------------------------------- statistics
-def mean_std(values: Iterable[Optional[float]]) -> Tuple[float, float, int]:
-    """(mean, sample std with ddof 1, n) of the non-None values; NaN mean if none, NaN std if n < 2."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
-    if v.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size)
-
-
-def human_bytes(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt(mean: float, std: float = float("nan"), digits: int = 2) -> str:
-    """"m ± s" (or "m" with a single seed, "—" when missing)."""
-    if mean is None or not math.isfinite(mean):
-        return "—"
-    if std is None or not math.isfinite(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+__all__ = ["collect_runs", "run_order", "summary_rows", "CSV_COLUMNS", "write_csv", "results_table", "old_new_rows",
+           "old_new_section"]
 
 
 def collect_runs(out_dir: Path) -> Dict[Tuple[str, str], Dict[int, Dict[str, Any]]]:
@@ -57,7 +35,7 @@ def collect_runs(out_dir: Path) -> Dict[Tuple[str, str], Dict[int, Dict[str, Any
     return out
 
 
-def _order(groups, manifest: Optional[Dict[str, Any]]) -> List[Tuple[str, str]]:
+def run_order(groups, manifest: Optional[Dict[str, Any]]) -> List[Tuple[str, str]]:
     """Manifest order when known; else configs sorted, baseline first."""
     keys = list(groups)
     if manifest:
@@ -73,7 +51,7 @@ def summary_rows(groups: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]],
     variants the gain over the baseline of the same config (paired by seed) and the time ratio
     (mean wall time of the variant / of the baseline over the paired seeds)."""
     rows = []
-    for stem, variant in order or _order(groups, None):
+    for stem, variant in order or run_order(groups, None):
         runs = groups[(stem, variant)]
         seeds = sorted(runs)
         first = runs[seeds[0]]
@@ -132,8 +110,6 @@ CSV_COLUMNS = ("config", "learner", "dataset", "variant", "cim_mask", "codec", "
 
 def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
     """summary.csv: one row per (config, variant); NaN written as an empty cell."""
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -179,7 +155,6 @@ def _signed(mean: float, std: float) -> str:
     return text if text == "—" or mean < 0 else "+" + text
 
 
-
 def old_new_rows(groups, order) -> List[Dict[str, Any]]:
     """Per (config, variant) and phase: mean over seeds of top-1 on the old classes (mean over earlier
     tasks of the accuracy matrix) and on the new ones (this phase's task), exemplars per class and, for CIM,
@@ -220,5 +195,3 @@ def old_new_section(groups, order) -> List[str]:
     lines += ["", "Old = mean top-1 over the tasks of earlier phases (accuracy matrix row of this phase); new = "
               "top-1 on this phase's task. Box area fraction = mean stored box area / image area (CIM only)."]
     return lines
-
-

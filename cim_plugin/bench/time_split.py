@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List
 
-from .tables import fmt, mean_std
+from .stats import fmt, mean_std
 
 __all__ = ["time_rows", "time_section"]
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from . import checkpoint, distributed, summary
-from ..bench import metrics
+from .. import metrics
 from ..bench.report import write_run_figures
 from ..config import ConfigError
 from ..io import write_json

@@ -24,7 +24,7 @@ Tiny-ImageNet), the last phase's network (checkpoint.pt) is evaluated on
 
 Prints one row per run, then the mean over seeds of each (config, variant):
 
-    .venv/bin/python exps/old_class_look.py runs/bench10 [runs/m120 ...]
+    .venv/bin/python exps/analysis/old_class_look.py runs/bench10 [runs/m120 ...]
 """
 
 import argparse
@@ -35,7 +35,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "third_party" / "PyCIL")]  # the pickled network needs PyCIL's modules
 
 import numpy as np  # noqa: E402
@@ -194,7 +194,7 @@ def main(argv=None) -> None:
     for folder in args.folders:
         for config_name, variant, seed, run in finished_runs(folder):
             config = json.loads((run / "results.json").read_text())["config"]
-            key = sizes._dataset_key(config)
+            key = sizes.dataset_key(config)
             if key not in datasets:
                 datasets[key] = sizes.load_dataset(config)
             idata = datasets[key]

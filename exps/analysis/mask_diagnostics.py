@@ -1,6 +1,6 @@
 """Where do the learned CIM masks look? CAM diagnostics of a finished CIM run on a dataset with true boxes.
 
-    OMP_NUM_THREADS=1 .venv/bin/python exps/mask_diagnostics.py RUN_DIR [--images 400] [--json out.json]
+    OMP_NUM_THREADS=1 .venv/bin/python exps/analysis/mask_diagnostics.py RUN_DIR [--images 400] [--json out.json]
 
 RUN_DIR is an `exps/run.py` output folder of a `"cim": true` run (checkpoint.pt, predictions.npz, the
 config in results.json) on a dataset with true boxes (synthetic, tinyimagenet). For the test images of
@@ -29,12 +29,12 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cim_plugin.pycil import checkpoint  # noqa: E402
 from cim_plugin.pycil.network import FmapView  # noqa: E402
-from cim_plugin.bench.sizes import box_ious  # noqa: E402
+from cim_plugin.bench import box_ious  # noqa: E402
 from cim_plugin.method.boxes import cam_to_boxes  # noqa: E402
 from cim_plugin.method.cam import raw_cam  # noqa: E402
 from cim_plugin.method.cim_branch import CIMBranch  # noqa: E402

@@ -3,7 +3,8 @@
 classifies its test images compressed as its memory would store them, with the learned box and with boxes of
 the same size placed at the centre and at random.
 
-    OMP_NUM_THREADS=2 .venv/bin/python exps/box_utility.py RUN_DIR [RUN_DIR ...] [--images 1000] [--json out.json]
+    OMP_NUM_THREADS=2 .venv/bin/python exps/analysis/box_utility.py RUN_DIR [RUN_DIR ...] [--images 1000] \
+        [--json out.json]
 
 RUN_DIR is an `exps/run.py` folder of a finished `"cim": true` run (checkpoint.pt, predictions.npz,
 results.json) on an in-memory dataset (a folder dataset with "resolution", synthetic, CIFAR). For up to
@@ -32,7 +33,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cim_plugin.datasets import build_idata  # noqa: E402
@@ -122,7 +123,7 @@ def evaluate(run_dir: Path, n_images: int, batch: int = 100) -> Dict[str, float]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="exps/box_utility.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="exps/analysis/box_utility.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--json", type=Path)

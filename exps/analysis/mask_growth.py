@@ -1,6 +1,6 @@
 """How does the learned mask's kept fraction move over a run, and what moves it? A diagnostic run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python exps/mask_growth.py CONFIG.json --seed 1993 --out DIR \
+    OMP_NUM_THREADS=1 .venv/bin/python exps/analysis/mask_growth.py CONFIG.json --seed 1993 --out DIR \
         [--inner-loss host|ce] [--phi-lr follow|constant]
 
 Runs CONFIG with ``"cim": true`` (mask mode "cim") through ``exps/run.py``'s runner and records every meta
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import cim_plugin.method.cim as cim_module  # noqa: E402

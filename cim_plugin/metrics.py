@@ -1,10 +1,16 @@
-"""Class-incremental metrics from per-phase predictions (numpy in, plain Python out)."""
+"""Class-incremental metrics from per-phase predictions (numpy in, plain Python out).
+
+Neutral ground: the PyCIL runner (:mod:`cim_plugin.pycil.runner`) computes a run's results.json numbers with
+these; this module imports neither :mod:`cim_plugin.pycil` nor :mod:`cim_plugin.bench`.
+"""
 
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+__all__ = ["task_accuracies", "accuracy_matrix", "average_incremental_accuracy", "forgetting"]
 
 
 def task_accuracies(y_pred: np.ndarray, y_true: np.ndarray, task_ends: Sequence[int]) -> List[Optional[float]]:

@@ -6,14 +6,14 @@ JPEG at the run's quality), and as CIM+JPEG stores the background (1/r of the pi
 upsampled). Prints top-1 on old classes (earlier phases), on new classes (last phase) and the share of
 old-class images called a new class.
 
-    .venv/bin/python exps/codec_signature.py runs/bench_codec64_m15/icarl_synthetic64_m15
+    .venv/bin/python exps/analysis/codec_signature.py runs/bench_codec64_m15/icarl_synthetic64_m15
 """
 
 import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "third_party" / "PyCIL")]  # the pickled network needs PyCIL's modules
 
 import numpy as np  # noqa: E402

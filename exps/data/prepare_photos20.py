@@ -2,7 +2,7 @@
 """Assemble the real-photo benchmark's dataset: Imagenette2 + Imagewoof2 (10 + 10 ImageNet classes) as one
 ``train/<wnid>/``, ``val/<wnid>/`` tree of symbolic links (no image is copied).
 
-    python exps/prepare_photos20.py /path/to/imagenette2 /path/to/imagewoof2 [--dest data/photos20]
+    python exps/data/prepare_photos20.py /path/to/imagenette2 /path/to/imagewoof2 [--dest data/photos20]
 
 Both sources are the official Imagenette2 / Imagewoof2 folders (full size, 320 px or 160 px variants all
 work: the benchmark configs decode every image once at their "resolution"), each holding ``train/`` and
@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="exps/prepare_photos20.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="exps/data/prepare_photos20.py", description=__doc__.split("\n\n")[0])
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="Imagenette2 and Imagewoof2 folders")
     p.add_argument("--dest", type=Path, default=Path("data/photos20"), help="tree to create (default data/photos20)")
     args = p.parse_args(argv)
