@@ -268,11 +268,12 @@ def test_a_device_list_mixing_cpu_and_gpus_is_refused(fake_gpus):
 
 def test_cuda_resume_caveat_is_said_where_resume_is_claimed():
     """Bilinear interpolate's CUDA backward is non-deterministic: "resume gives the uninterrupted numbers" is
-    claimed bit for bit for the CPU only, in the checkpoint module and in the README."""
+    claimed bit for bit for the CPU only, in the checkpoint module, the README and docs/distributed.md."""
     doc = " ".join(checkpoint.__doc__.split())
     assert "on CUDA only up to the GPU's non-deterministic kernels" in doc and "interpolate" in doc
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert "benchmarks/gpu_check.sh" in readme and "non-deterministic" in readme
+    for page in ("README.md", "docs/distributed.md"):
+        text = " ".join((REPO / page).read_text().split())
+        assert "benchmarks/gpu_check.sh" in text and "non-deterministic" in text, page
 
 
 @requires_pycil

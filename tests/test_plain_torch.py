@@ -1,6 +1,6 @@
 """CIM without PyCIL: `examples/plain_torch.py` (a small CNN, a hand-written loop, synthetic images) drives
 the framework-free CIM object through two phases. This is the example for users of other toolboxes; the
-README shows its core, and the README's snippet must be the example's own lines."""
+user guide (docs/guide.md) shows its core, and the guide's snippet must be the example's own lines."""
 
 import importlib.util
 import io
@@ -65,9 +65,9 @@ def test_the_example_imports_nothing_of_pycil():
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
-def test_the_readme_shows_the_examples_own_lines():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## CIM in another training loop", 1)[1].split("\n## ", 1)[0]
+def test_the_guide_shows_the_examples_own_lines():
+    guide = (REPO / "docs" / "guide.md").read_text()
+    section = guide.split("## CIM in another training loop", 1)[1].split("\n## ", 1)[0]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     example = {line.split("  # noqa")[0].strip() for line in EXAMPLE.read_text().splitlines()}
     lines = [line.strip() for line in snippet.splitlines() if line.strip() and line.strip() != "..."]
