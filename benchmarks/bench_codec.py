@@ -3,7 +3,7 @@
 Feature maps are random tensors (the network forward is excluded): 64 channels 8x8 for 32/64 px
 images (resnet32-like), 512 channels 7x7 for 224 px (resnet18-like). Batch 128, one thread unless
 ``--threads`` says otherwise. The cost table compares the stored bytes of centred boxes
-(:func:`cim_plugin.method.codec.exemplar_cost`) with the paper's ``a + (1 - a)/r`` full images.
+(:func:`cim_plugin.method.codec.raw.exemplar_cost`) with the paper's ``a + (1 - a)/r`` full images.
 The codec table puts the "jpeg" exemplar codec beside "raw" on the same images and boxes: storing a
 batch into a memory (``select_class``: encoding, for JPEG the split of the tables, and herding of the
 batch) and decoding it, with the mean stored bytes per exemplar (JPEG: the shared header's share
@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from cim_plugin.method.boxes import cam_to_boxes, center_boxes
-from cim_plugin.method.cam import cam_from_feature_maps
-from cim_plugin.method.codec import decode, encode, exemplar_cost, upsample
-from cim_plugin.method.jpeg_memory import JpegMemory
+from cim_plugin.method.masks.boxes import cam_to_boxes, center_boxes
+from cim_plugin.method.masks.cam import cam_from_feature_maps
+from cim_plugin.method.codec.raw import decode, encode, exemplar_cost, upsample
+from cim_plugin.method.memory.jpeg import JpegMemory
 from cim_plugin.method.memory import CompressedMemory
 
 

@@ -22,9 +22,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout
 
-import cim_plugin.method.pau as pau_module  # noqa: E402
-from cim_plugin.method.cim_branch import CIMBranch  # noqa: E402
-from cim_plugin.method.pau import PAU  # noqa: E402
+import cim_plugin.method.masks.pau as pau_module  # noqa: E402
+from cim_plugin.method.masks.cim_branch import CIMBranch  # noqa: E402
+from cim_plugin.method.masks.pau import PAU  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:

@@ -12,35 +12,17 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple
 
+from .method.defaults import CIM_DEFAULTS  # re-exported: the CIM keys' defaults live with the method
+from .method.memory import codec_names, get_codec
+
 
 class ConfigError(ValueError):
     """A config file or key the plug-in cannot use. The message says how to fix it."""
 
 
-# The plug-in's keys and their defaults (official CIM ImageNet-100 settings, SPEC.md).
-CIM_DEFAULTS: Dict[str, Any] = {
-    "cim": False,
-    "cim_mask": "cim",
-    "compress_ratio": 4.0,
-    "mask_threshold": 0.6,
-    "phi_lr": 0.01,
-    "phi_lr_schedule": "host",
-    "lr_ratio": 0.1,
-    "inner_grad_through_mask": False,
-    "max_phi_grad_norm": 1.0,
-    "meta_batch_size": 16,
-    "num_meta_iters_per_cls": 0.5,
-    "cam_update_interval": 40,
-    "randombbxblur_prob_incre": 0.1,
-    "codec_augment_prob": 0.0,
-    "div_coef": 0.2,
-    "reg_coef": 0.1,
-    "exemplar_codec": "raw",
-    "jpeg_quality": 75,
-}
 CIM_MASK_MODES = ("cim", "cam", "random", "center", "full")
 PHI_LR_SCHEDULES = ("host", "constant")
-EXEMPLAR_CODECS = ("raw", "jpeg")
+EXEMPLAR_CODECS = codec_names()  # the registered exemplar codecs (cim_plugin.method.memory.registry)
 
 # Keys read by the runner itself (not by PyCIL). "strict": true does what `exps/run.py --strict` does.
 RUNNER_KEYS = {"data_root", "strict"}
@@ -150,8 +132,8 @@ def ignored_value_warnings(given: Iterable[str], config: Dict[str, Any], dataset
     ``given``: the keys the config file sets (before defaults); ``config``: with defaults; ``dataset_keys``:
     dataset name -> the option keys it reads. Reported: a dataset option of another dataset than the run's;
     with ``strict`` only (a config often carries the keys of its variants, as the benchmark's do: CIM's keys
-    in the baseline, ``jpeg_quality`` for the JPEG variant) CIM keys without ``"cim": true`` and
-    ``jpeg_quality`` without ``"exemplar_codec": "jpeg"``.
+    in the baseline, ``jpeg_quality`` for the JPEG variant) CIM keys without ``"cim": true`` and a codec's
+    quality key (``jpeg_quality``) without that codec as ``"exemplar_codec"``.
     """
     given = [k for k in given if k != "cim"]
     out = []
@@ -165,9 +147,11 @@ def ignored_value_warnings(given: Iterable[str], config: Dict[str, Any], dataset
             out.append(f'config key "{key}" is read by dataset(s) {readers} only, and this run\'s "dataset" is '
                        f'{config.get("dataset")!r}: its value is ignored (remove it)')
     cim_on = config.get("cim") is True
-    if strict and cim_on and "jpeg_quality" in given and config.get("exemplar_codec") != "jpeg":
-        out.append(f'"jpeg_quality" is set but "exemplar_codec" is {config.get("exemplar_codec")!r}: the quality is '
-                   f'ignored (set "exemplar_codec": "jpeg", or remove "jpeg_quality")')
+    for codec in map(get_codec, EXEMPLAR_CODECS):
+        key = codec.quality_key
+        if strict and cim_on and key and key in given and config.get("exemplar_codec") != codec.name:
+            out.append(f'"{key}" is set but "exemplar_codec" is {config.get("exemplar_codec")!r}: the quality is '
+                       f'ignored (set "exemplar_codec": "{codec.name}", or remove "{key}")')
     unused_cim = [k for k in given if k in CIM_DEFAULTS]
     if strict and not cim_on and unused_cim:
         out.append(f'CIM key(s) {unused_cim} are set but "cim" is not true: their values are ignored (add '
@@ -241,7 +225,7 @@ def validate_cim_keys(config: Dict[str, Any]) -> None:
     _require_number(config, "reg_coef", low=0.0)
     if config["exemplar_codec"] not in EXEMPLAR_CODECS:
         raise one_of("exemplar_codec", config["exemplar_codec"], EXEMPLAR_CODECS,
-                     ' ("raw": uint8 pixels, "jpeg": JPEG streams of the box crop and the low-resolution frame)')
+                     " (" + ", ".join(f"{json.dumps(c)}: {get_codec(c).description}" for c in EXEMPLAR_CODECS) + ")")
     quality = config["jpeg_quality"]
     if quality != "auto" and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
         raise ConfigError(f'"jpeg_quality" must be an integer in [1, 100] (libjpeg quality; 75 is a usual '

@@ -28,7 +28,7 @@ def _dernet(inc_net, phases=2, classes=3):
 @requires_pycil
 def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
     from cim_plugin.pycil.network import fmaps_and_features
-    from cim_plugin.method.cam import cam_from_feature_maps, minmax_normalize
+    from cim_plugin.method.masks.cam import cam_from_feature_maps, minmax_normalize
 
     net = _dernet(pycil)
     x = torch.randn(4, 3, 32, 32)
@@ -61,7 +61,7 @@ def test_fmap_view_gives_the_networks_logits(pycil):
 @requires_pycil
 def test_cim_branch_grows_with_a_new_backbone(pycil):
     from cim_plugin.pycil.network import FmapView
-    from cim_plugin.method.cim_branch import CIMBranch
+    from cim_plugin.method.masks.cim_branch import CIMBranch
 
     x = torch.randn(2, 3, 32, 32)
     branch = CIMBranch()
@@ -101,7 +101,7 @@ def test_learners_without_memory_are_detected(pycil):
 def test_compression_augmentation_replaces_images_by_their_compressed_version():
     from cim_plugin.method.data import CompressAugmentDataset
     from cim_plugin.pycil.data import ImagePipeline
-    from cim_plugin.method.codec import compress
+    from cim_plugin.method.codec.raw import compress
     from torchvision import transforms
 
     class DM:
@@ -136,7 +136,7 @@ def test_unusable_learned_cams_fall_back_to_the_cil_models_cams_only_where_neede
     images take the CIL model's CAM (and boxes equal those of the mixed CAMs)."""
     from types import SimpleNamespace
 
-    from cim_plugin.method.boxes import cam_to_boxes
+    from cim_plugin.method.masks.boxes import cam_to_boxes
     from cim_plugin.method.cim import CIM
 
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_exemplar_dataset_decodes_once_and_gives_the_per_item_images():
     from torchvision import transforms
 
     from cim_plugin.method.data import ExemplarDataset
-    from cim_plugin.method.boxes import random_boxes
+    from cim_plugin.method.masks.boxes import random_boxes
     from cim_plugin.method.memory import CompressedMemory
 
     g = torch.Generator().manual_seed(0)

@@ -349,7 +349,7 @@ def test_box_ious_references_match_hand_computed_values():
 
 
 def test_box_coverage_is_the_fraction_of_the_second_box_inside_the_first():
-    from cim_plugin.method.boxes import box_coverage
+    from cim_plugin.method.masks.boxes import box_coverage
     a = torch.tensor([[0, 0, 4, 4], [0, 0, 4, 4], [5, 5, 6, 6], [0, 0, 4, 4]])
     b = torch.tensor([[2, 2, 6, 6], [1, 1, 3, 3], [0, 0, 2, 2], [2, 2, 2, 2]])
     assert box_coverage(a, b).tolist() == [0.25, 1.0, 0.0, 0.0]  # last: empty object box

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cim_plugin.method.bilevel import cam_mask_fn, hybrid_input, meta_step
-from cim_plugin.method.cim_branch import CIMBranch
+from cim_plugin.method.masks.bilevel import cam_mask_fn, hybrid_input, meta_step
+from cim_plugin.method.masks.cim_branch import CIMBranch
 
 K = 3  # classes
 
@@ -300,8 +300,8 @@ def test_meta_step_on_pycil_resnet32_leaves_theta_and_buffers():
 
 
 def test_non_finite_objective_never_reaches_phi():
-    from cim_plugin.method.bilevel import meta_step
-    from cim_plugin.method.cim_branch import CIMBranch
+    from cim_plugin.method.masks.bilevel import meta_step
+    from cim_plugin.method.masks.cim_branch import CIMBranch
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),

@@ -57,6 +57,8 @@ def test_only_the_pycil_package_imports_pycil():
 def test_the_packages_show_the_architecture():
     for package in ("method", "pycil", "bench", "datasets"):
         assert (PACKAGE / package / "__init__.py").is_file()
+    for package in ("memory", "masks", "codec"):
+        assert (PACKAGE / "method" / package / "__init__.py").is_file()
     assert (PACKAGE / "method" / "cim.py").is_file() and (PACKAGE / "pycil" / "mixin.py").is_file()
 
 
@@ -77,19 +79,3 @@ def test_the_check_catches_a_pycil_import(tmp_path, source):
     module.parent.mkdir()
     module.write_text(f"def f():\n    {source}\n")
     assert len(violations(tmp_path)) >= 1
-
-
-def test_old_import_paths_still_work():
-    """Modules that moved keep their old names (same object, so patches and pickles agree)."""
-    import cim_plugin.memory
-    from cim_plugin import adapter, benchmark
-    from cim_plugin.method import memory
-    from cim_plugin.memory import CompressedMemory
-    from cim_plugin.pycil import learner_modules, pycil_available  # noqa: F401  (the registry's names)
-
-    assert cim_plugin.memory is memory and CompressedMemory is memory.CompressedMemory
-    for name in ("CIMMixin", "ImagePipeline", "ExemplarDataset", "CompressAugmentDataset", "FmapView",
-                 "cim_learner_class", "unwrap", "is_fast_weight"):
-        assert hasattr(adapter, name), name
-    for name in ("run_benchmark", "build_report", "box_ious", "fmt", "size_info"):
-        assert hasattr(benchmark, name), name

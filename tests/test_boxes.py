@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cim_plugin.method.boxes import (box_area_fraction, box_iou, boxes_to_masks, cam_to_boxes, center_boxes,
+from cim_plugin.method.masks.boxes import (box_area_fraction, box_iou, boxes_to_masks, cam_to_boxes, center_boxes,
                               masks_to_boxes, random_boxes)
 
 
@@ -64,7 +64,7 @@ def test_bad_boxes():
 
 
 def test_same_size_random_boxes_keep_size_stay_inside_and_cover_every_place():
-    from cim_plugin.method.boxes import same_size_random_boxes
+    from cim_plugin.method.masks.boxes import same_size_random_boxes
 
     boxes = torch.tensor([[1, 2, 4, 7], [0, 0, 10, 8], [5, 5, 5, 5]])  # 3x5, whole image, empty
     gen = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def test_same_size_random_boxes_keep_size_stay_inside_and_cover_every_place():
 
 
 def test_same_size_center_boxes():
-    from cim_plugin.method.boxes import same_size_center_boxes
+    from cim_plugin.method.masks.boxes import same_size_center_boxes
 
     boxes = torch.tensor([[0, 0, 4, 2], [3, 1, 10, 8], [7, 0, 8, 1]])
     out = same_size_center_boxes(boxes, 8, 10)

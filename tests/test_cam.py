@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cim_plugin.method.cam import cam_from_feature_maps, raw_cam
+from cim_plugin.method.masks.cam import cam_from_feature_maps, raw_cam
 
 
 def _minmax(a):

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cim_plugin.method.cim_branch import CIMBranch, count_relu_sites
-from cim_plugin.method.pau import PAU
+from cim_plugin.method.masks.cim_branch import CIMBranch, count_relu_sites
+from cim_plugin.method.masks.pau import PAU
 
 PYCIL = Path(__file__).resolve().parent.parent / "third_party" / "PyCIL"
 PYCIL_REASON = ("PyCIL SUBMODULE MISSING: third_party/PyCIL/convs is absent, so the resnet32/resnet18 branch "

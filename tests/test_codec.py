@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cim_plugin.method.boxes import boxes_to_masks, center_boxes, random_boxes
-from cim_plugin.method.codec import (box_nbytes, compress, decode, degrade, downsample, encode, exemplar_cost, exemplar_nbytes,
+from cim_plugin.method.masks.boxes import boxes_to_masks, center_boxes, random_boxes
+from cim_plugin.method.codec.raw import (box_nbytes, compress, decode, degrade, downsample, encode, exemplar_cost, exemplar_nbytes,
                               frame_from_lowres, frame_mask, frame_npixels, lowres_hole, lowres_size, upsample)
 
 

@@ -210,7 +210,7 @@ def test_budget_check_prices_jpeg_exemplars_by_their_encoded_bytes_and_the_share
     keeps one exemplar per class at that size and cannot at one less."""
     import torch
 
-    from cim_plugin.method.memory_kinds import make_memory
+    from cim_plugin.method.memory import make_memory
     from cim_plugin.pycil.runner import check_budget_fits
 
     def fits(size):

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from conftest import requires_pycil, tiny_learner_config
 
 from cim_plugin.pycil import inner_losses
-from cim_plugin.method.bilevel import meta_step
-from cim_plugin.method.cim_branch import CIMBranch
+from cim_plugin.method.masks.bilevel import meta_step
+from cim_plugin.method.masks.cim_branch import CIMBranch
 
 
 # ----------------------------------------------------------------------------- inner losses, by hand
@@ -97,7 +97,7 @@ class _HeadNet(nn.Module):
 
 
 def test_inner_step_leaves_the_classifier_heads_as_they_are():
-    from cim_plugin.method.bilevel import cam_mask_fn
+    from cim_plugin.method.masks.bilevel import cam_mask_fn
     from cim_plugin.method.network import is_fast_weight
     import functools
 

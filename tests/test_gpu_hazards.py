@@ -18,15 +18,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchvision.transforms import PILToTensor
 
-import cim_plugin.method.jpeg as jpeg_module
-import cim_plugin.method.jpeg_memory as jpeg_memory_module
-import cim_plugin.method.memory as memory_module
-import cim_plugin.method.pau as pau_module
+import cim_plugin.method.codec.jpeg as jpeg_module
+import cim_plugin.method.memory.jpeg as jpeg_memory_module
+import cim_plugin.method.memory.raw as memory_module
+import cim_plugin.method.masks.pau as pau_module
 from cim_plugin.config import ConfigError
 from cim_plugin.method.cim import CIM
-from cim_plugin.method.cim_branch import CIMBranch
+from cim_plugin.method.masks.cim_branch import CIMBranch
 from cim_plugin.method.data import ExemplarDataset
-from cim_plugin.method.jpeg_memory import JpegMemory
+from cim_plugin.method.memory.jpeg import JpegMemory
 from cim_plugin.pycil import checkpoint, distributed
 from cim_plugin.pycil.host import resolve_devices
 from cim_plugin.pycil.pruning import output_difference_and_scale
@@ -246,7 +246,7 @@ class _FakeDDP(DistributedDataParallel):
 
 
 def test_cim_branch_refuses_a_ddp_wrapped_network_on_any_device():
-    from cim_plugin.method.bilevel import meta_step
+    from cim_plugin.method.masks.bilevel import meta_step
 
     net = _FakeDDP(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
     x = torch.zeros(1, 3, 8, 8)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cim_plugin.config import ConfigError, validate_cim_keys, with_defaults
-from cim_plugin.method.codec import downsample, lowres_size, upsample
+from cim_plugin.method.codec.raw import downsample, lowres_size, upsample
 from cim_plugin.method.herding import herding_order
-from cim_plugin.method.jpeg import encode_streams, join_streams, split_streams, table_header
-from cim_plugin.method.jpeg_memory import JpegMemory
+from cim_plugin.method.codec.jpeg import encode_streams, join_streams, split_streams, table_header
+from cim_plugin.method.memory.jpeg import JpegMemory
 from cim_plugin.method.memory import CompressedMemory
-from cim_plugin.method.memory_kinds import load_memory, make_memory, memory_from_state
+from cim_plugin.method.memory import load_memory, make_memory, memory_from_state
 from conftest import requires_pycil, tiny_config
 
 H = W = 32
@@ -169,7 +169,7 @@ def test_a_memory_on_another_device_encodes_on_the_cpu(monkeypatch):
     4:4:4 streams with other tables, which the memory's shared header would refuse. ``"meta"`` stands in for
     a GPU here: the streams of a memory on it are byte for byte those of a CPU memory, and libjpeg saw only
     CPU images."""
-    from cim_plugin.method import jpeg
+    from cim_plugin.method.codec import jpeg
 
     seen = []
     real = jpeg.encode_jpeg
@@ -414,7 +414,7 @@ def test_the_benchmark_command_takes_codecs():
 
 # ------------------------------------------------------------------------------------ "auto" quality
 def test_log_volume_measures_the_spread_of_the_features():
-    from cim_plugin.method.jpeg_auto import log_volume
+    from cim_plugin.method.memory.jpeg import log_volume
 
     assert log_volume(torch.eye(4) * 3) == pytest.approx(0.0, abs=1e-3)  # orthogonal rows: the largest volume
     spread = log_volume(torch.eye(4) + 0.5)
@@ -428,7 +428,7 @@ def _pixel_features(images, labels):
 
 @pytest.mark.parametrize("tolerance", [0.0, 0.05, 0.2, 1e9, -1e9])
 def test_auto_quality_takes_the_lowest_quality_within_the_tolerance(tolerance):
-    from cim_plugin.method.jpeg_auto import choose_quality
+    from cim_plugin.method.memory.jpeg import choose_quality
 
     images = _smooth(12, size=32)
     classes = [(c, images[6 * c:6 * c + 6], _boxes(6, seed=c)) for c in range(2)]
@@ -455,7 +455,7 @@ def test_auto_is_a_valid_quality_and_other_words_are_not():
 
 @requires_pycil
 def test_icarl_with_auto_quality_chooses_once_and_logs_the_scores(tmp_path):
-    from cim_plugin.method.jpeg_auto import QUALITY_GRID
+    from cim_plugin.method.memory.jpeg import QUALITY_GRID
 
     results, seen = _run(tmp_path, "auto", cim=True, cim_mask="cam", exemplar_codec="jpeg", jpeg_quality="auto",
                          memory_size=10)
@@ -475,7 +475,7 @@ def test_compression_augmentation_trains_on_what_the_jpeg_memory_replays(mask, q
     would replay it (box crop and low-res frame through JPEG at the run's quality), not the raw codec's;
     mask mode "full" (MRDC) and "auto" before its first memory keep the raw codec's (an identity for "full")."""
     from cim_plugin.method.cim import CIM
-    from cim_plugin.method.codec import compress
+    from cim_plugin.method.codec.raw import compress
     from cim_plugin.method.data import StoredImages
 
     import numpy as np

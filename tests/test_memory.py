@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cim_plugin.method.boxes import random_boxes
-from cim_plugin.method.codec import compress, downsample, exemplar_nbytes, frame_npixels
+from cim_plugin.method.masks.boxes import random_boxes
+from cim_plugin.method.codec.raw import compress, downsample, exemplar_nbytes, frame_npixels
 from cim_plugin.method.herding import herding_order
 from cim_plugin.method.memory import BudgetExceededError, CompressedMemory
 
@@ -194,7 +194,7 @@ def test_a_class_whose_first_pick_is_over_its_share_keeps_its_first_exemplar_tha
 
 
 def test_keep_within_shares_matches_a_per_class_loop():
-    from cim_plugin.method.fit import first_within, keep_within_shares, prefix_within
+    from cim_plugin.method.memory.fit import first_within, keep_within_shares, prefix_within
     g = torch.Generator().manual_seed(3)
     group = torch.randint(0, 5, (200,), generator=g)
     nbytes = torch.randint(1, 100, (200,), generator=g)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cim_plugin.method.pau import PAU, _relu_fit, pade, relu_fit_coefficients
+from cim_plugin.method.masks.pau import PAU, _relu_fit, pade, relu_fit_coefficients
 
 FIT_BOUND = 0.031  # max |PAU(x) - relu(x)| on [-3, 3] at init (measured 0.0300)
 
@@ -107,7 +107,7 @@ def test_cuda_matches_cpu():
 
 
 def test_huge_inputs_stay_finite_with_finite_gradients():
-    from cim_plugin.method.pau import PAU
+    from cim_plugin.method.masks.pau import PAU
 
     pau = PAU()
     x = torch.tensor([-1e30, -1e6, -50.0, 0.5, 50.0, 1e6, 1e30], requires_grad=True)
@@ -117,7 +117,7 @@ def test_huge_inputs_stay_finite_with_finite_gradients():
     assert torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in pau.parameters())
     inside = torch.linspace(-7.9, 7.9, 101)
-    from cim_plugin.method.pau import pade
+    from cim_plugin.method.masks.pau import pade
 
     assert torch.equal(pau(inside), pade(inside, pau.numerator, pau.denominator))  # unchanged inside
 
@@ -141,7 +141,7 @@ def test_inference_path_equals_the_differentiable_path():
 def test_blocked_cpu_inference_is_bitwise_the_whole_tensor_pass(shape, monkeypatch):
     """Large graph-free CPU activations run in cache-sized blocks: the same values bit for bit as one pass
     over the whole tensor (block edges, a last partial block, both tails), and the blocked path is taken."""
-    import cim_plugin.method.pau as pau_module
+    import cim_plugin.method.masks.pau as pau_module
 
     torch.manual_seed(1)
     pau = PAU(zero_at_zero=True)
@@ -168,7 +168,7 @@ def test_blocked_cpu_inference_is_bitwise_the_whole_tensor_pass(shape, monkeypat
 
 def test_blocked_path_only_without_a_graph(monkeypatch):
     """With a graph to build (x or φ requiring grad) the whole-tensor autograd path runs, and φ gets grads."""
-    import cim_plugin.method.pau as pau_module
+    import cim_plugin.method.masks.pau as pau_module
 
     monkeypatch.setattr(pau_module, "_activate_blocked", lambda *a: pytest.fail("blocked path with a graph"))
     pau = PAU()

@@ -25,7 +25,7 @@ def _example():
 
 def test_plain_torch_loop_runs_cim_through_two_phases():
     from cim_plugin.method.cim import CIM
-    from cim_plugin.method.cim_branch import CIMBranch
+    from cim_plugin.method.masks.cim_branch import CIMBranch
 
     torch.set_num_threads(1)
     cim, net, records = _example().main(epochs=2, per_class=16, log=lambda line: None)

@@ -23,22 +23,20 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from ..config import CIM_DEFAULTS
-from .bilevel import meta_step
-from .boxes import box_area_fraction, cam_to_boxes, center_boxes, random_boxes
-from .cam import cam_from_feature_maps
-from .cim_branch import CIMBranch, count_relu_sites
 from .codec import degrade
-from .data import CompressAugmentDataset, ExemplarDataset, _Concat
-from .network import cam_of_output, copy_block, default_logits, default_to_input, evaluating, is_fast_weight
+from .data import CompressAugmentDataset, Concat, ExemplarDataset
+from .defaults import CIM_DEFAULTS
 from .herding import herding_order
-from .memory import CompressedMemory
-from .jpeg_auto import choose_quality
-from .memory_kinds import augment_compressor, decoding_on, make_memory, memory_from_state
-from .records import class_means, exemplar_record, phase_report
+from .masks import (CIMBranch, box_area_fraction, cam_from_feature_maps, cam_to_boxes, center_boxes, count_relu_sites,
+                    meta_step, random_boxes)
+from .memory import CompressedMemory, augment_compressor, decoding_on, get_codec, make_memory, memory_from_state
+from .memory.records import class_means, exemplar_record, phase_report
+from .network import cam_of_output, copy_block, default_logits, default_to_input, evaluating, is_fast_weight
 from .rng import random_streams_untouched
 from .schedule import augment_probability, phase_cam_interval, refresh_due
 from .timing import codec_seconds, timed
+
+__all__ = ["CIM", "BudgetTooSmall", "CIM_KEYS", "PHI_WEIGHT_DECAY"]
 
 CIM_KEYS = tuple(k for k in CIM_DEFAULTS if k != "cim")  # what CIM reads from a config
 CAMS_KEPT = 4  # CAMs kept per class for the exemplar figure
@@ -60,7 +58,7 @@ class CIM:
     workers. Results name it (``jpeg_decoder``).
 
     Args:
-        config: CIM keys (``CIM_KEYS``, defaults ``cim_plugin.config.CIM_DEFAULTS``); other keys ignored.
+        config: CIM keys (``CIM_KEYS``, defaults ``cim_plugin.method.defaults.CIM_DEFAULTS``); other keys ignored.
         seed: seeds CIM's own generator (meta batches, random boxes) and the augmentation coins.
         view, to_input, inner_loss, logits_fn: how CIM sees the host (also settable per phase in
             :meth:`start_phase`): ``view(network)`` (above; default the network itself), ``to_input(uint8
@@ -194,8 +192,9 @@ class CIM:
                 return self._build_memory(network, classes)
 
     def _build_memory(self, network: nn.Module, classes) -> np.ndarray:
-        if self.memory is None and (self.config.get("exemplar_codec"), self.config["jpeg_quality"]) == ("jpeg", "auto"):
-            classes = self._choose_quality(network, list(classes))
+        codec = get_codec(self.config["exemplar_codec"])
+        if self.memory is None and codec.auto_quality(self.config):
+            classes = self._choose_quality(network, list(classes), codec)
         for k, (label, images, source) in enumerate(classes):
             if self.memory is None:
                 self.image_bytes = 3 * int(images.shape[-2]) * int(images.shape[-1])
@@ -225,14 +224,15 @@ class CIM:
             self.sources[label] = self.sources[label][: counts.get(label, 0)]
         return self._class_means(network)
 
-    def _choose_quality(self, network: nn.Module, classes: List) -> List:
-        """"jpeg_quality": "auto": MRDC's choice on the first phase's model (:mod:`.jpeg_auto`), then the memory."""
+    def _choose_quality(self, network: nn.Module, classes: List, codec) -> List:
+        """An "auto" quality (``"jpeg_quality": "auto"``): the codec's choice on the first phase's model (JPEG: MRDC's,
+        :func:`cim_plugin.method.memory.jpeg.choose_quality`), then the memory."""
         self.image_bytes = 3 * int(classes[0][1].shape[-2]) * int(classes[0][1].shape[-1])
         boxed = [(c, im, self._features_and_boxes(network, im, torch.full((len(im),), c), False)[1])
                  for c, im, _ in classes]
-        self.jpeg_auto = choose_quality(boxed, self.class_budget_bytes(), self.total, self.config,
-                                        lambda x, y: self._forward_chunks(network, x, y)[0])
-        config = {**self.config, "jpeg_quality": self.jpeg_auto["quality"]}
+        self.jpeg_auto = codec.choose_quality(boxed, self.class_budget_bytes(), self.total, self.config,
+                                              lambda x, y: self._forward_chunks(network, x, y)[0])
+        config = {**self.config, codec.quality_key: self.jpeg_auto["quality"]}
         self.memory = make_memory(self.budget_bytes(), config, self.decode_device)
         return classes
 
@@ -287,7 +287,7 @@ class CIM:
         self.last_cams = cams
         return features, boxes
 
-    # -- the adaptive mask model (SPEC steps 6-7) ----------------------------------------------
+    # -- the adaptive mask model (CIM steps 6-7) ----------------------------------------------
     def _ensure_branch(self, network: nn.Module, x: torch.Tensor) -> CIMBranch:
         """The CIM branch with one PAU per ReLU site of the current network, and the phase's φ optimiser.
 
@@ -333,7 +333,7 @@ class CIM:
                 memory = self.train_memory  # the loader's decoded memory (train transforms), if built
                 parts.append(memory if memory is not None and memory.memory is self.memory
                              else ExemplarDataset(self.memory, base.trsf))
-            self.meta_source = _Concat(parts) if len(parts) > 1 else base
+            self.meta_source = Concat(parts) if len(parts) > 1 else base
         return self.meta_source
 
     def _meta_batch(self, source: Dataset, pick: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

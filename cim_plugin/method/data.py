@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
-from .boxes import full_boxes
 from .codec import compress
-from .memory import CompressedMemory
-from .memory_kinds import decoding_on
+from .masks import full_boxes
+from .memory import CompressedMemory, decoding_on
+
+__all__ = ["to_pil", "StoredImages", "TensorImages", "ExemplarDataset", "CompressAugmentDataset", "LabelledSubset",
+           "Concat"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -151,7 +153,7 @@ class LabelledSubset(Dataset):
         return idx, image, label
 
 
-class _Concat(ConcatDataset):
+class Concat(ConcatDataset):
     """ConcatDataset that keeps a `labels` attribute and returns global indices."""
 
     def __init__(self, datasets: Sequence[Dataset]):

@@ -9,8 +9,10 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from .cam import cam_from_feature_maps
-from .cim_branch import CIMBranch
+from .masks import CIMBranch, cam_from_feature_maps
+
+__all__ = ["GapClassifierView", "is_fast_weight", "default_logits", "default_to_input", "cam_of_output", "copy_block",
+           "evaluating"]
 
 
 def is_fast_weight(name: str) -> bool:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+__all__ = ["Replicas", "digest"]
+
 
 class Replicas:
     """This process's place among ``world`` data-parallel replicas (an initialised process group).

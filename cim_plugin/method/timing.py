@@ -9,6 +9,8 @@ from typing import Dict, Iterator
 
 import torch
 
+__all__ = ["timed", "codec_seconds", "codec_timed"]
+
 
 @contextmanager
 def timed(seconds: Dict[str, float], calls: Dict[str, int], key: str, device="cpu") -> Iterator[None]:

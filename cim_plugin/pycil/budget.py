@@ -8,6 +8,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from ..config import ConfigError
+from ..method.memory import get_codec, make_memory
 
 
 def bytes_per_image(learner, idata) -> int:
@@ -45,14 +46,13 @@ def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, in
     import torch
 
     from .data import ImagePipeline
-    from ..method.jpeg_auto import QUALITY_GRID
-    from ..method.memory_kinds import make_memory
 
     image = ImagePipeline(data_manager).load(data_manager._train_data[0])  # uint8 (3, H, W)
     H, W = int(image.shape[-2]), int(image.shape[-1])
     keys = dict(config)
-    if keys.get("jpeg_quality") == "auto":
-        keys["jpeg_quality"] = min(QUALITY_GRID)
+    codec = get_codec(keys.get("exemplar_codec", "raw"))
+    if codec.quality_grid and keys.get(codec.quality_key) == "auto":
+        keys[codec.quality_key] = min(codec.quality_grid)
     memory = make_memory(0, keys)
     box = [0, 0, W, H] if keys.get("cim_mask") == "full" else [0, 0, 0, 0]
     cheapest = int(memory.candidate_nbytes(image.unsqueeze(0), torch.tensor([box]))[0])
@@ -120,12 +120,10 @@ def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
     per_class = cheapest + -(-shared // classes)
     key, need = ("memory_per_class", -(-per_class // image_bytes)) if fixed else (
         "memory_size", -(-classes * per_class // image_bytes))
-    codec = config.get("exemplar_codec", "raw")
+    codec = get_codec(config.get("exemplar_codec", "raw"))
     what = (f"the whole {H}x{W} image" if config.get("cim_mask") == "full"
             else f"the {H}x{W} image kept only at 1/{config['compress_ratio']:g} resolution plus its box")
-    if codec == "jpeg":
-        what += f" as JPEG at quality {config.get('jpeg_quality')} (the first training image; {shared} bytes of " \
-                "tables are held once for the memory)"
+    what += codec.budget_note.format(quality=codec.quality(config), shared=shared)
     raise _budget_error(setting, f"gives each class {share} bytes, but the smallest possible exemplar, {what}, costs "
                         f"{cheapest} bytes (a full image: {image_bytes})", key, need)
 

@@ -14,10 +14,8 @@ none) are never restored, and CUDA random states are restored for the GPUs prese
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
-import tempfile
 import types
 from pathlib import Path
 from typing import Any, Dict
@@ -25,13 +23,16 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from ..io import atomic_write
+from ..method.memory.legacy import load_checkpoint
+
 log = logging.getLogger("cim_plugin")
 
 CHECKPOINT = "checkpoint.pt"
 
 # Attributes a learner rebuilds itself (loaders, datasets, data managers) are not saved.
 _SKIP_TYPE_NAMES = {"DataLoader", "DataManager", "DataManagerProxy", "ImagePipeline", "CompressAugmentDataset",
-                    "DummyDataset", "ConcatDataset", "_Concat", "ExemplarDataset", "_EpochHookLoader",
+                    "DummyDataset", "ConcatDataset", "Concat", "ExemplarDataset", "_EpochHookLoader",
                     "EpochShardedLoader"}
 # Where the learner runs: set by the resuming process from its own config (and torchrun's LOCAL_RANK).
 PLACEMENT = ("_device", "_multiple_gpus")
@@ -103,18 +104,11 @@ def restore_cuda_rng(states) -> None:
 
 
 def save(path: Path, payload: Dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then os.replace (never a half-written file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save atomically (:func:`cim_plugin.io.atomic_write`: never a half-written file)."""
+    atomic_write(path, lambda handle: torch.save(payload, handle, pickle_protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load(path: Path) -> Dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The checkpoint at `path` (classes saved under module paths that have since moved are found where they
+    live now: :func:`cim_plugin.method.memory.legacy.load_checkpoint`)."""
+    return load_checkpoint(path)

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 from ..config import ConfigError
-from ..method.data import LabelledSubset, _Concat, to_pil
+from ..method.data import Concat, LabelledSubset, to_pil
 from ..method.memory import CompressedMemory
 
 
@@ -115,7 +115,7 @@ class DataManagerProxy:
         if memory_part is not None and len(memory_part):
             trsf = dataset.trsf if hasattr(dataset, "trsf") else dataset.base.trsf
             # decoded once per phase; the training one is reused by the meta batches
-            dataset = _Concat([dataset, learner._cim.replay(trsf, training=source == "train" and mode == "train")])
+            dataset = Concat([dataset, learner._cim.replay(trsf, training=source == "train" and mode == "train")])
         return (*result[:2], dataset) if ret_data else dataset
 
     def get_dataset_with_split(self, indices, source, mode, appendent=None, val_samples_per_class=0):
@@ -135,8 +135,8 @@ class DataManagerProxy:
         replay = learner._cim.replay(trsf, training=source == "train" and mode == "train")
         keep, held_out = split_memory(replay.labels, val_samples_per_class,
                                       torch.Generator().manual_seed(learner._cim.seed * 7919 + learner._cim.task))
-        return (_Concat([train, LabelledSubset(replay, keep)]),
-                _Concat([val, LabelledSubset(replay, held_out)]) if len(held_out) else val)
+        return (Concat([train, LabelledSubset(replay, keep)]),
+                Concat([val, LabelledSubset(replay, held_out)]) if len(held_out) else val)
 
     def _trsf(self, mode):
         dm = self._dm

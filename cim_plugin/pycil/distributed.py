@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import ConfigError
 from ..io import write_json
-from ..method.memory_kinds import memory_from_state
+from ..method.memory import memory_from_state
 from ..method.replicas import Replicas, digest
 from .host import learner_class, learner_modules, module_constants, overridden
 from .network import unwrap

@@ -24,6 +24,7 @@ import torch
 
 from ..config import ConfigError
 from ..method.cim import CIM, CIM_KEYS, PHI_WEIGHT_DECAY, BudgetTooSmall
+from ..method.memory.legacy import adopt_legacy_state
 from .bic_hooks import BiCHooks
 from .checkpoint import save
 from .data import DataManagerProxy, ImagePipeline, MemoryAppendent, _EpochHookLoader
@@ -100,11 +101,8 @@ class CIMMixin:
         return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
     def _cim_adopt_legacy_state(self) -> None:
-        """A checkpoint written before CIM became one object restores its parts as learner attributes
-        (``_cim_memory``, ...): hand them to the CIM object, so such a run resumes as it would have."""
-        for name in ("memory", "branch", "branch_task", "generator", "image_bytes", "sources", "cams"):
-            if f"_cim_{name}" in vars(self):
-                setattr(self._cim, name, vars(self).pop(f"_cim_{name}"))
+        """A checkpoint written before CIM became one object: its parts go to the CIM object (see legacy)."""
+        adopt_legacy_state(self._cim, vars(self))
 
     def _train(self, train_loader, *rest, **kwargs):
         return super()._train(_EpochHookLoader(train_loader, self._cim_on_epoch), *rest, **kwargs)

@@ -35,11 +35,11 @@ sys.path.insert(0, str(REPO))
 from cim_plugin.pycil import checkpoint  # noqa: E402
 from cim_plugin.pycil.network import FmapView  # noqa: E402
 from cim_plugin.bench import box_ious  # noqa: E402
-from cim_plugin.method.boxes import cam_to_boxes  # noqa: E402
-from cim_plugin.method.cam import raw_cam  # noqa: E402
-from cim_plugin.method.cim_branch import CIMBranch  # noqa: E402
+from cim_plugin.method.masks.boxes import cam_to_boxes  # noqa: E402
+from cim_plugin.method.masks.cam import raw_cam  # noqa: E402
+from cim_plugin.method.masks.cim_branch import CIMBranch  # noqa: E402
 from cim_plugin.datasets import build_idata  # noqa: E402
-from cim_plugin.method.pau import PAU  # noqa: E402
+from cim_plugin.method.masks.pau import PAU  # noqa: E402
 from cim_plugin.pycil import import_pycil  # noqa: E402
 
 
@@ -106,7 +106,7 @@ class LeftClampedBranch(CIMBranch):
 
 def preactivation_tails(view: FmapView, x: torch.Tensor, bounds=(-3.0, -6.0)) -> Dict[str, list]:
     """Share of the inputs of each ReLU site (call order) below each bound, from the plain network."""
-    from cim_plugin.method.cim_branch import _ReluMode
+    from cim_plugin.method.masks.cim_branch import _ReluMode
 
     shares = {str(b): [] for b in bounds}
 

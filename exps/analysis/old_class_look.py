@@ -43,8 +43,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cim_plugin.bench import sizes  # noqa: E402
-from cim_plugin.method.codec import compress  # noqa: E402
-from cim_plugin.method.memory_kinds import load_memory  # noqa: E402
+from cim_plugin.method.codec.raw import compress  # noqa: E402
+from cim_plugin.method.memory import load_memory  # noqa: E402
 
 COLUMNS = ("clean old", "clean new", "clean old called new", "old among old", "new among new", "stored look old",
            "stored look new", "stored look old called new", "memory decoded", "memory clean originals")

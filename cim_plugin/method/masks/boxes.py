@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["masks_to_boxes", "cam_to_boxes", "boxes_to_masks", "box_area_fraction", "box_iou", "box_coverage",
+__all__ = ["masks_to_boxes", "cam_to_boxes", "boxes_to_masks", "box_areas", "box_area_fraction", "box_iou", "box_coverage",
            "random_boxes", "center_boxes", "check_boxes", "full_boxes", "same_size_random_boxes",
            "same_size_center_boxes"]
 

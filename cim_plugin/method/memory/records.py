@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .memory import CompressedMemory
-from .timing import codec_seconds
+from .raw import CompressedMemory
+from ..timing import codec_seconds
 
 __all__ = ["exemplar_record", "class_means", "phase_report"]
 

@@ -1,4 +1,7 @@
-"""JpegMemory: a CompressedMemory whose exemplar parts are JPEG streams (``"exemplar_codec": "jpeg"``).
+"""The "jpeg" exemplar codec (``"exemplar_codec": "jpeg"``): :class:`JpegMemory`, the ``"auto"`` quality
+(:func:`choose_quality`) and its registration.
+
+:class:`JpegMemory`: a CompressedMemory whose exemplar parts are JPEG streams.
 
 An exemplar of an H x W image with box B holds
   * the **crop** (the pixels inside B) as a JPEG of (box_h, box_w), if B is not empty;
@@ -7,7 +10,7 @@ An exemplar of an H x W image with box B holds
     smooth test images both larger and worse around the box); no frame at all when the hole is the
     whole grid (a whole-image box: mask mode "full", MRDC's uniform compression);
   * the box, 4 x int16 (not counted when the memory's boxes are implicit, i.e. all whole-image).
-Streams are stored without their tables (:mod:`cim_plugin.method.jpeg`): per exemplar only the
+Streams are stored without their tables (:mod:`cim_plugin.method.codec.jpeg`): per exemplar only the
 entropy-coded scans, in ``payload`` at ``frame_off`` / ``crop_off`` with lengths ``frame_len`` /
 ``crop_len`` (0: no stream); the header (SOI .. SOS header, the quantisation and Huffman tables) is
 held once per memory. Bytes held = scans + boxes + the header (once, while the memory is not empty).
@@ -15,23 +18,40 @@ Decoding rebuilds each stream (header + the size from the box + scan + EOI), dec
 one batch on ``device`` (the GPU when it is a CUDA device; CIM's runs use the CPU, see ``CIM.decode_device``)
 and pastes the crops into the upsampled frames, as the raw codec does. What is herded is what is stored:
 :meth:`JpegMemory.compressed`.
+
+**``"jpeg_quality": "auto"``**: MRDC's choice of the JPEG quality without retraining (Wang et al., ICLR 2022).
+
+On the first phase's model, for each quality q of :data:`QUALITY_GRID`, every new class is herded into
+its byte share as JPEG exemplars of quality q (real encoded sizes, as the memory will do), and the
+log-volume of the L2-normalised features F of the exemplars kept (:func:`log_volume`, log sqrt det F F^T)
+is compared with that of the same exemplars uncompressed: compression that changes what the model sees
+changes the volume (its artefacts can also spread the features, so the comparison is two-sided). The
+chosen quality is the lowest one whose mean log-volume stays within :data:`TOLERANCE` (relative) of the
+uncompressed one, else the highest of the grid. The paper gives no tolerance; this one is ours, and
+comparing with the same exemplars uncompressed is our reading of "close to the uncompressed one".
 """
 
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Tuple
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
-from .boxes import box_areas
-from .codec import _check_uint8_images, _paste, downsample, frame_npixels, lowres_size
-from .jpeg import check_quality, decode_streams, encode_streams, join_streams, split_streams, table_header
-from .memory import CompressedMemory, _batch
-from .packing import _ranges, _size_groups
-from .timing import codec_timed
+from ..codec.jpeg import check_quality, decode_streams, encode_streams, join_streams, split_streams, table_header
+from ..codec.raw import check_uint8_images, downsample, frame_npixels, lowres_size, paste
+from ..herding import herding_order
+from ..masks.boxes import box_areas
+from ..timing import codec_timed
+from .packing import group_by_size, packed_ranges, select_images
+from .raw import CompressedMemory
+from .registry import Codec, register
 
-__all__ = ["JpegMemory"]
+__all__ = ["JpegMemory", "QUALITY_GRID", "TOLERANCE", "log_volume", "choose_quality"]
+
+log = logging.getLogger(__name__)
 
 
 class JpegMemory(CompressedMemory):
@@ -96,7 +116,7 @@ class JpegMemory(CompressedMemory):
     def _encode_parts(self, images: torch.Tensor, boxes: torch.Tensor
                       ) -> Tuple[List[Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
         """Full JPEG streams (frame, crop) of uint8 Tensor(B,3,H,W) with boxes (B,4); None: no stream."""
-        _check_uint8_images(images)
+        check_uint8_images(images)
         H, W = images.shape[-2:]
         boxes = boxes.long().cpu()
         images = images.cpu()  # encoded on the CPU on every device (see encode_streams): one copy, not one per crop
@@ -128,7 +148,7 @@ class JpegMemory(CompressedMemory):
             low[with_frame] = torch.stack(decoded[: len(with_frame)])
         flat = [c.permute(1, 2, 0).reshape(-1) for c in decoded[len(with_frame):]]
         crop_bytes = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.uint8, device=low.device)
-        out = _paste(low, crop_bytes, boxes.to(low.device), (H, W))
+        out = paste(low, crop_bytes, boxes.to(low.device), (H, W))
         del decoded
         return out
 
@@ -144,8 +164,8 @@ class JpegMemory(CompressedMemory):
         n = sizes.shape[0]
         fr_scans: List[torch.Tensor] = [torch.zeros(0, dtype=torch.uint8)] * n
         cr_scans = list(fr_scans)
-        for _, pos in _size_groups(sizes):
-            frames, crops = self._encode_parts(_batch(images, pos), boxes[pos])
+        for _, pos in group_by_size(sizes):
+            frames, crops = self._encode_parts(select_images(images, pos), boxes[pos])
             for streams, scans in ((frames, fr_scans), (crops, cr_scans)):
                 have = [k for k, s in enumerate(streams) if s is not None]
                 for k, scan in zip(have, split_streams([streams[k] for k in have], self._header)):
@@ -182,7 +202,7 @@ class JpegMemory(CompressedMemory):
         have = (length[idx] > 0).nonzero().squeeze(1)
         if have.numel():
             sel = idx[have]
-            flat = self._payload[_ranges(off[sel], length[sel])]
+            flat = self._payload[packed_ranges(off[sel], length[sel])]
             scans = flat.split(length[sel].tolist())
             for k, s in zip(have.tolist(), join_streams(self._header, scans, [sizes[k] for k in have.tolist()])):
                 out[k] = s
@@ -218,3 +238,66 @@ class JpegMemory(CompressedMemory):
         if len(new._fr_len) and int(torch.minimum(new._fr_len, new._cr_len).min()) < 0:
             raise ValueError("state stream lengths must be >= 0")
         return new
+
+
+QUALITY_GRID = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+TOLERANCE = 0.05  # relative change of log-volume allowed against the uncompressed exemplars
+RIDGE = 1e-4  # added to the Gram matrix's diagonal: more exemplars than feature dimensions stay finite
+
+
+def log_volume(features: torch.Tensor) -> float:
+    """log sqrt det(F F^T + RIDGE I) of the L2-normalised rows of float Tensor(k, D) (<= 0 for unit rows)."""
+    f = F.normalize(features.detach().double(), dim=1)
+    gram = f @ f.T + RIDGE * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
+    return 0.5 * float(torch.linalg.slogdet(gram)[1])
+
+
+def choose_quality(classes: Sequence[Tuple[int, torch.Tensor, torch.Tensor]], class_bytes: int, total_classes: int,
+                   config: Mapping[str, Any], features_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   grid: Sequence[int] = QUALITY_GRID, tolerance: float = TOLERANCE) -> Dict:
+    """The quality MRDC's criterion picks, and the scores behind it (also logged).
+
+    Args:
+        classes: per new class (label, uint8 images Tensor(N, 3, H, W), boxes Tensor(N, 4)).
+        class_bytes: bytes one class may hold; its part of the shared JPEG header (one of
+            ``total_classes`` parts) is taken off, as the memory's class shares are.
+        config: CIM keys (compress_ratio, cim_mask) of the memory to be made.
+        features_of: (uint8 images, labels) -> float features (N, D) of the phase's model.
+    Returns:
+        {"quality": chosen int, "scores": {q: mean log-volume of the JPEG exemplars}, "reference": {q:
+        mean log-volume of the same exemplars uncompressed}, "exemplars": {q: exemplars kept, all classes}}.
+    """
+    implicit = config.get("cim_mask") == "full"
+    share = class_bytes - -(-JpegMemory(0).shared_nbytes // total_classes)
+    scores: Dict[int, float] = {}
+    reference: Dict[int, float] = {}
+    kept: Dict[int, int] = {}
+    for q in sorted(grid):
+        memory = JpegMemory(1 << 62, config.get("compress_ratio", 4.0), implicit_boxes=implicit, quality=q)
+        vols: List[float] = []
+        refs: List[float] = []
+        kept[q] = 0
+        for label, images, boxes in classes:
+            labels = torch.full((len(images),), label, dtype=torch.long)
+            features = features_of(memory.compressed(images, boxes), labels)
+            k = memory.select_class(images, features, boxes, label, share, replace=True)
+            pick = herding_order(features, k)
+            vols.append(log_volume(features[pick]))
+            refs.append(log_volume(features_of(images[pick.to(images.device)], labels[:k])))
+            kept[q] += k
+        scores[q], reference[q] = sum(vols) / len(vols), sum(refs) / len(refs)
+    ok = [q for q in sorted(grid) if abs(scores[q] - reference[q]) <= tolerance * abs(reference[q])]
+    chosen = ok[0] if ok else max(grid)
+    log.info("jpeg_quality auto: log-volume per quality (JPEG / uncompressed, exemplars) %s -> quality %d",
+             {q: (round(scores[q], 2), round(reference[q], 2), kept[q]) for q in sorted(grid)}, chosen)
+    return {"quality": chosen, "scores": scores, "reference": reference, "exemplars": kept}
+
+
+register(Codec("jpeg", "JPEG streams of the box crop and the low-resolution frame",
+               make=lambda budget_bytes, ratio, implicit, config, device: JpegMemory(
+                   budget_bytes, ratio, implicit_boxes=implicit, quality=config.get("jpeg_quality", 75), device=device),
+               empty=lambda device: JpegMemory(0, device=device),
+               quality_key="jpeg_quality", quality_default=75, quality_grid=QUALITY_GRID, choose_quality=choose_quality,
+               augments=True, variant_suffix="-jpeg",
+               budget_note=" as JPEG at quality {quality} (the first training image; {shared} bytes of tables are held "
+                           "once for the memory)"))

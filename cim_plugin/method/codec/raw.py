@@ -31,16 +31,16 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .boxes import box_areas, boxes_to_masks, check_boxes
+from ..masks.boxes import box_areas, boxes_to_masks, check_boxes
 
 __all__ = ["lowres_size", "downsample", "upsample", "degrade", "encode", "decode", "compress",
            "exemplar_nbytes", "box_nbytes", "exemplar_cost", "lowres_hole", "frame_mask", "frame_npixels",
-           "frame_from_lowres", "BOX_NBYTES"]
+           "frame_from_lowres", "BOX_NBYTES", "check_ratio", "check_uint8_images", "paste"]
 
 BOX_NBYTES = 8  # a box is stored as 4 x int16
 
 
-def _check_ratio(ratio) -> float:
+def check_ratio(ratio) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
         raise ValueError(f"compress ratio must be a finite number >= 1 (pixels of the image per pixel "
                          f"of its low-resolution copy), got {ratio!r}")
@@ -55,7 +55,7 @@ def lowres_size(H: int, W: int, ratio: float) -> Tuple[int, int]:
         raise TypeError(f"H and W must be ints, got {H!r}, {W!r}") from None
     if H <= 0 or W <= 0:
         raise ValueError(f"H and W must be positive, got {H}, {W}")
-    s = math.sqrt(_check_ratio(ratio))
+    s = math.sqrt(check_ratio(ratio))
     return max(1, int(math.floor(H / s + 0.5))), max(1, int(math.floor(W / s + 0.5)))
 
 
@@ -69,7 +69,7 @@ def _check_size(size) -> Tuple[int, int]:
     return size
 
 
-def _check_uint8_images(images: torch.Tensor, name: str = "images") -> None:
+def check_uint8_images(images: torch.Tensor, name: str = "images") -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise TypeError(f"{name} must be a Tensor(B,3,H,W), got {getattr(images, 'shape', type(images))}")
     if images.dtype != torch.uint8:
@@ -95,13 +95,13 @@ def _resize_uint8(images: torch.Tensor, size: Tuple[int, int], antialias: bool) 
 
 def downsample(images: torch.Tensor, ratio: float = 4.0) -> torch.Tensor:
     """uint8 Tensor(B,3,H,W) -> uint8 Tensor(B,3,h,w), antialiased bilinear, (h,w) = lowres_size(H,W,ratio)."""
-    _check_uint8_images(images)
+    check_uint8_images(images)
     return _resize_uint8(images, lowres_size(images.shape[2], images.shape[3], ratio), antialias=True).contiguous()
 
 
 def upsample(lowres: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """uint8 Tensor(B,3,h,w) -> uint8 Tensor(B,3,H,W), bilinear (align_corners=False); size = (H, W)."""
-    _check_uint8_images(lowres, "lowres")
+    check_uint8_images(lowres, "lowres")
     return _resize_uint8(lowres, _check_size(size), antialias=False).contiguous()
 
 
@@ -211,7 +211,7 @@ def frame_from_lowres(lowres: torch.Tensor, boxes: torch.Tensor, size: Tuple[int
         exemplar 0's frame pixels, then exemplar 1's, ...; each in row-major order of the low-res
         grid, 3 bytes (RGB) per pixel.
     """
-    _check_uint8_images(lowres, "lowres")
+    check_uint8_images(lowres, "lowres")
     H, W = _check_size(size)
     hw = lowres_size(H, W, ratio)
     if tuple(lowres.shape[2:]) != hw:
@@ -241,7 +241,7 @@ def encode(images: torch.Tensor, boxes: torch.Tensor, ratio: float = 4.0) -> Tup
         crops: uint8 Tensor(3 * sum_i area_i,): image 0's crop, then image 1's, ...; each crop is
             (box_h, box_w, 3) HWC row-major, flattened.
     """
-    _check_uint8_images(images)
+    check_uint8_images(images)
     B, _, H, W = images.shape
     boxes = check_boxes(boxes, H, W).to(images.device)
     if boxes.shape[0] != B:
@@ -258,7 +258,7 @@ def _box_pixel_index(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return boxes_to_masks(boxes, H, W).view(-1).nonzero().squeeze(1)
 
 
-def _paste(lowres: torch.Tensor, crops: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def paste(lowres: torch.Tensor, crops: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Upsample uint8 (B,3,h,w) to ``size`` and paste the crops of (checked, same-device) boxes."""
     H, W = size
     if not isinstance(crops, torch.Tensor) or crops.dtype != torch.uint8 or crops.dim() != 1:
@@ -299,13 +299,13 @@ def decode(frame: torch.Tensor, crops: torch.Tensor, boxes: torch.Tensor, size: 
     boxes = check_boxes(boxes, H, W).to(frame.device)
     B = boxes.shape[0]
     if frame.dim() == 4:
-        _check_uint8_images(frame, "lowres")
+        check_uint8_images(frame, "lowres")
         if frame.shape[0] != B:
             raise ValueError(f"got {frame.shape[0]} lowres images but {B} boxes")
         if ratio is not None and tuple(frame.shape[2:]) != lowres_size(H, W, ratio):
             raise ValueError(f"lowres has size {tuple(frame.shape[2:])} but ratio {ratio} needs "
                              f"{lowres_size(H, W, ratio)}")
-        return _paste(frame, crops, boxes, (H, W))
+        return paste(frame, crops, boxes, (H, W))
     if ratio is None:
         raise ValueError("decode of a 1-D frame needs the compress ratio it was encoded with: "
                          "decode(frame, crops, boxes, size, ratio=r)")
@@ -319,7 +319,7 @@ def decode(frame: torch.Tensor, crops: torch.Tensor, boxes: torch.Tensor, size: 
                          f"{3 * stored} (is ratio={ratio} the one it was encoded with?)")
     src = torch.where(keep, pos - 1, stored)
     grid = torch.cat([frame.view(-1, 3), frame.new_zeros(1, 3)]).index_select(0, src)
-    return _paste(grid.view(B, h, w, 3).permute(0, 3, 1, 2), crops, boxes, (H, W))
+    return paste(grid.view(B, h, w, 3).permute(0, 3, 1, 2), crops, boxes, (H, W))
 
 
 def compress(images: torch.Tensor, boxes: torch.Tensor, ratio: float = 4.0) -> torch.Tensor:
@@ -327,7 +327,7 @@ def compress(images: torch.Tensor, boxes: torch.Tensor, ratio: float = 4.0) -> t
 
     Computed without building the frame (the hole pixels it drops never reach the output).
     """
-    _check_uint8_images(images)
+    check_uint8_images(images)
     B, _, H, W = images.shape
     boxes = check_boxes(boxes, H, W).to(images.device)
     if boxes.shape[0] != B:
@@ -335,7 +335,7 @@ def compress(images: torch.Tensor, boxes: torch.Tensor, ratio: float = 4.0) -> t
     nhwc = images.permute(0, 2, 3, 1).contiguous()
     lowres = _resize_uint8(nhwc.permute(0, 3, 1, 2), lowres_size(H, W, ratio), antialias=True)
     crops = nhwc.view(-1, 3).index_select(0, _box_pixel_index(boxes, H, W)).view(-1)
-    return _paste(lowres, crops, boxes, (H, W))
+    return paste(lowres, crops, boxes, (H, W))
 
 
 def box_nbytes(boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:

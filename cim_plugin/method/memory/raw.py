@@ -2,15 +2,15 @@
 
 Storage (all CPU tensors):
   * ``payload``      uint8 (P,)  : for every exemplar its low-res frame (the low-res pixels that a decoded
-                                   pixel outside the box reads, 3 bytes each, :func:`cim_plugin.method.codec.encode`)
+                                   pixel outside the box reads, 3 bytes each, :func:`cim_plugin.method.codec.raw.encode`)
                                    and its crop (box_h, box_w, 3) HWC flattened;
   * ``boxes``        int16 (N,4) : (x0, y0, x1, y1), exclusive ends;
   * ``labels``       int64 (N,)  ; ``sizes`` int64 (N,2) = original (H, W);
   * ``frame_off``, ``crop_off`` int64 (N,) : byte offsets of the two parts inside ``payload``.
-The lengths of the parts follow from box, size and ratio (:func:`cim_plugin.method.codec.frame_npixels`),
+The lengths of the parts follow from box, size and ratio (:func:`cim_plugin.method.codec.raw.frame_npixels`),
 so an exemplar costs ``3*box_h*box_w + 3*frame_pixels + 8`` bytes, about ``a + (1 - a)/r`` images.
 The budgeted size :attr:`CompressedMemory.nbytes` is ``payload`` bytes + ``boxes`` bytes, i.e. exactly
-the sum of :func:`cim_plugin.method.codec.exemplar_nbytes`; labels, sizes and offsets are bookkeeping
+the sum of :func:`cim_plugin.method.codec.raw.exemplar_nbytes`; labels, sizes and offsets are bookkeeping
 and are not counted (as the label of a full-image exemplar is not counted by PyCIL's memory_size).
 
 Exemplars keep their insertion order; within a class that is the herding order, so shrinking a
@@ -25,24 +25,19 @@ from typing import Dict, Iterator, List, Tuple, Union
 
 import torch
 
-from .boxes import box_areas, check_boxes
-from .codec import box_nbytes, compress, decode, encode, exemplar_nbytes, frame_npixels, _check_ratio
+from ..codec.raw import box_nbytes, check_ratio, compress, decode, encode, exemplar_nbytes, frame_npixels
+from ..herding import herding_order
+from ..masks.boxes import box_areas, check_boxes
+from ..timing import codec_timed
 from .fit import first_within, keep_within_shares, prefix_within
-from .herding import herding_order
-from .memory_state import atomic_save, check_state
-from .packing import DECODE_CHUNK, INT16_MAX as _INT16_MAX, _ranges, _size_groups, image_sizes
-from .timing import codec_timed
+from .legacy import convert_v1, lowres_len_v1
+from .packing import DECODE_CHUNK, INT16_MAX, group_by_size, image_sizes, packed_ranges, select_images
+from .registry import Codec, memory_from_state, register
+from .state import check_state, save_state
 
 __all__ = ["CompressedMemory", "BudgetExceededError"]
 
 _STATE_VERSION = 2  # 1: full low-res image per exemplar ("lowres_off"), converted on load
-
-
-def _batch(images, idx: torch.Tensor) -> torch.Tensor:
-    """Candidates ``idx`` of a uint8 Tensor(N,3,H,W) or of a list of same-size uint8 Tensor(3,H,W)."""
-    if isinstance(images, torch.Tensor):
-        return images.index_select(0, idx.to(images.device))
-    return torch.stack([images[i] for i in idx.tolist()])
 
 
 class BudgetExceededError(RuntimeError):
@@ -74,7 +69,7 @@ class CompressedMemory:
         if budget_bytes < 0:
             raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
         self.budget_bytes = budget_bytes
-        self.compress_ratio = _check_ratio(compress_ratio)
+        self.compress_ratio = check_ratio(compress_ratio)
         self.implicit_boxes = bool(implicit_boxes)
         self._payload = torch.zeros(0, dtype=torch.uint8)
         self._boxes = torch.zeros(0, 4, dtype=torch.int16)
@@ -111,6 +106,10 @@ class CompressedMemory:
         """Bytes held, measured on the stored tensors: payload + boxes (none for a whole-image box)."""
         return self._payload.numel() * self._payload.element_size() + int(self._box_bytes(self._boxes, self._sizes).sum())
 
+    def decoding_on(self, device) -> "CompressedMemory":
+        """This memory: the raw codec decodes on the CPU wherever it runs."""
+        return self
+
     @property
     def shared_nbytes(self) -> int:
         """Bytes held once per memory, whatever the number of exemplars (none for raw pixels)."""
@@ -120,7 +119,7 @@ class CompressedMemory:
         """int64 Tensor(N,), bytes of each box (N, 4) of images of ``sizes`` (N, 2): 4 x int16, none for a
         whole-image box (its crop length says so; always the case with implicit boxes)."""
         out = torch.zeros(boxes.shape[0], dtype=torch.long)
-        for (H, W), pos in _size_groups(sizes):
+        for (H, W), pos in group_by_size(sizes):
             out[pos] = box_nbytes(boxes[pos].long(), H, W)
         return out
 
@@ -136,7 +135,7 @@ class CompressedMemory:
     def _frame_len(self) -> torch.Tensor:
         """int64 Tensor(N,), bytes of each exemplar's low-res frame (3 per stored low-res pixel)."""
         out = torch.zeros(len(self), dtype=torch.long)
-        for (H, W), pos in _size_groups(self._sizes):  # few distinct sizes
+        for (H, W), pos in group_by_size(self._sizes):  # few distinct sizes
             out[pos] = 3 * frame_npixels(self._boxes[pos].long(), H, W, self.compress_ratio)
         return out
 
@@ -159,7 +158,7 @@ class CompressedMemory:
         once for the whole memory (:attr:`shared_nbytes`) is not included. The memory is not changed."""
         sizes = image_sizes(images)
         boxes = boxes.cpu().long()
-        for (H, W), pos in _size_groups(sizes):
+        for (H, W), pos in group_by_size(sizes):
             check_boxes(boxes[pos], H, W)
         return self._candidates(images, boxes, sizes)[0]
 
@@ -181,7 +180,7 @@ class CompressedMemory:
             label: the class label.
             budget_bytes: bytes this class may use; selection stops at the first exemplar (in
                 herding order) that would exceed it (if that is the first one, the class keeps instead
-                the first exemplar in herding order that fits alone, see :mod:`cim_plugin.method.fit`).
+                the first exemplar in herding order that fits alone, see :mod:`cim_plugin.method.memory.fit`).
                 A candidate whose stored form would cost more than its image is stored as the whole image.
             replace: if the class is already stored, replace it (else that is an error).
         Returns:
@@ -203,7 +202,7 @@ class CompressedMemory:
             raise ValueError(f"class {label} is already in memory; pass replace=True or call remove_class({label})")
         if n == 0:
             raise ValueError(f"class {label}: no candidate images given")
-        for (H, W), pos in _size_groups(sizes):
+        for (H, W), pos in group_by_size(sizes):
             check_boxes(boxes[pos], H, W)
         boxes = boxes.long()
         nb, encoded = self._candidates(images, boxes, sizes)
@@ -241,7 +240,7 @@ class CompressedMemory:
     def _candidates(self, images, boxes: torch.Tensor, sizes: torch.Tensor):
         """(int64 Tensor(N,) bytes each candidate would cost, what :meth:`_encode_kept` may reuse)."""
         nb = torch.empty(sizes.shape[0], dtype=torch.long)
-        for (H, W), pos in _size_groups(sizes):
+        for (H, W), pos in group_by_size(sizes):
             nb[pos] = exemplar_nbytes(boxes[pos], H, W, self.compress_ratio)
             if self.implicit_boxes and bool((boxes[pos] != torch.tensor([0, 0, W, H])).any()):
                 raise ValueError(f"this memory stores whole-image boxes only (implicit_boxes); got "
@@ -257,9 +256,9 @@ class CompressedMemory:
         crop_off = torch.empty(len(order), dtype=torch.long)
         chunks = []
         base = 0
-        for (H, W), pos in _size_groups(sel_sizes):
+        for (H, W), pos in group_by_size(sel_sizes):
             idx = order[pos]
-            batch = _batch(images, idx)
+            batch = select_images(images, idx)
             frame, crops = encode(batch, boxes[idx].to(batch.device), self.compress_ratio)
             fr_len = 3 * frame_npixels(boxes[idx], H, W, self.compress_ratio)
             cr_len = 3 * box_areas(boxes[idx])
@@ -288,8 +287,8 @@ class CompressedMemory:
         """Remove exemplars where bool Tensor(N,) ``drop`` is True and compact the payload."""
         keep = ~drop
         fr_len, cr_len = self._frame_len()[keep], self._crop_len()[keep]
-        fr_idx = _ranges(self._frame_off[keep], fr_len)
-        cr_idx = _ranges(self._crop_off[keep], cr_len)
+        fr_idx = packed_ranges(self._frame_off[keep], fr_len)
+        cr_idx = packed_ranges(self._crop_off[keep], cr_len)
         # new layout: all kept frames, then all kept crops
         self._payload = torch.cat([self._payload[fr_idx], self._payload[cr_idx]])
         self._frame_off = torch.cumsum(fr_len, 0) - fr_len
@@ -315,7 +314,7 @@ class CompressedMemory:
                 stored class.
         Returns:
             label -> number of exemplars kept. A class whose share cannot hold its first exemplar keeps
-            its first one that fits alone (:func:`cim_plugin.method.fit.keep_within_shares`). Raises
+            its first one that fits alone (:func:`cim_plugin.method.memory.fit.keep_within_shares`). Raises
             ValueError (memory unchanged) if none fits (remove the class with :meth:`remove_class`).
         """
         classes = self.classes()
@@ -367,8 +366,8 @@ class CompressedMemory:
         Tensor of exemplar positions; ValueError if their original sizes differ (use :meth:`decode_list`)."""
         idx, (H, W) = self._one_size(indices)
         boxes = self._boxes[idx].long()
-        frame = self._payload[_ranges(self._frame_off[idx], 3 * frame_npixels(boxes, H, W, self.compress_ratio))]
-        crops = self._payload[_ranges(self._crop_off[idx], 3 * box_areas(boxes))]
+        frame = self._payload[packed_ranges(self._frame_off[idx], 3 * frame_npixels(boxes, H, W, self.compress_ratio))]
+        crops = self._payload[packed_ranges(self._crop_off[idx], 3 * box_areas(boxes))]
         return decode(frame, crops, boxes, (H, W), self.compress_ratio)
 
     def decode_one(self, i: int) -> torch.Tensor:
@@ -378,7 +377,7 @@ class CompressedMemory:
     def size_groups(self, indices=None) -> Iterator[Tuple[Tuple[int, int], torch.Tensor]]:
         """Yield ((H, W), int64 Tensor of positions in ``indices``) for each distinct image size."""
         idx = self._indices(range(len(self)) if indices is None else indices)
-        yield from _size_groups(self._sizes[idx])
+        yield from group_by_size(self._sizes[idx])
 
     def decode_list(self, indices=None) -> List[torch.Tensor]:
         """Decode exemplars of any sizes (all if ``indices`` is None): list of uint8 Tensor(3, H_i, W_i),
@@ -406,18 +405,16 @@ class CompressedMemory:
         """
         if isinstance(state, dict) and state.get("codec", "raw") != self.codec:
             raise ValueError(f"a {state.get('codec')!r} memory state cannot be loaded into a {self.codec!r} memory "
-                             "(use cim_plugin.method.memory_kinds.memory_from_state)")
+                             "(use cim_plugin.method.memory.memory_from_state)")
         version, off_key = check_state(state, self._state_versions, self._state_extra)
-        from .memory_v1 import convert_v1, lowres_len_v1  # the old format, needed only to read it
-
         new = self._empty_from_state(state)
         new._payload, new._boxes = state["payload"].cpu().clone(), state["boxes"].cpu().clone()
         new._labels, new._sizes = state["labels"].cpu().clone(), state["sizes"].cpu().clone()
         new._frame_off, new._crop_off = state[off_key].cpu().clone(), state["crop_off"].cpu().clone()
         if len(new):
-            if int(new._sizes.min()) <= 0 or int(new._sizes.max()) > _INT16_MAX:
+            if int(new._sizes.min()) <= 0 or int(new._sizes.max()) > INT16_MAX:
                 raise ValueError("state sizes must be positive image sides")
-            for (H, W), pos in _size_groups(new._sizes):
+            for (H, W), pos in group_by_size(new._sizes):
                 check_boxes(new._boxes[pos], H, W)
             part_len = lowres_len_v1(new) if version == 1 else new._frame_len()
             ends = torch.cat([new._frame_off + part_len, new._crop_off + new._crop_len()])
@@ -439,11 +436,15 @@ class CompressedMemory:
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the memory to one file, atomically (temporary file in the same folder + os.replace)."""
-        atomic_save(self.state_dict(), path)
+        save_state(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "CompressedMemory":
         """Read a memory written by :meth:`save` (a JPEG memory's file gives a JpegMemory)."""
-        from .memory_kinds import memory_from_state  # the codecs' classes import this module
-
         return memory_from_state(torch.load(os.fspath(path), map_location="cpu", weights_only=True))
+
+
+register(Codec("raw", "uint8 pixels",
+               make=lambda budget_bytes, ratio, implicit, config, device: CompressedMemory(
+                   budget_bytes, ratio, implicit_boxes=implicit),
+               empty=lambda device: CompressedMemory(0)))

@@ -1,4 +1,4 @@
-"""Padé activation units (PAU), the learnable activations of CIM's adaptive mask model (SPEC step 6).
+"""Padé activation units (PAU), the learnable activations of CIM's adaptive mask model (CIM step 6).
 
 A PAU is the rational function ``y = P(x) / Q(x)`` with
 

@@ -1,6 +1,6 @@
-"""The CIM branch: the CIL network itself, run with its ReLUs replaced by PAUs (SPEC step 6).
+"""The CIM branch: the CIL network itself, run with its ReLUs replaced by PAUs (CIM step 6).
 
-The branch owns only the PAU parameters φ (one :class:`~cim_plugin.method.pau.PAU` per ReLU *call site* of a
+The branch owns only the PAU parameters φ (one :class:`~cim_plugin.method.masks.pau.PAU` per ReLU *call site* of a
 forward pass, in call order). The network (θ) is never a submodule: it is passed at call time, so φ and
 θ can never end up in the same optimiser or ``state_dict``.
 
@@ -31,7 +31,7 @@ __all__ = ["CIMBranch", "DATA_PARALLEL", "RELU_FUNCTIONS", "ZERO_AT_ZERO", "coun
 #: DDP with autograd arms its gradient all-reduce for a backward the branch and the inner step never make.
 DATA_PARALLEL = (nn.DataParallel, DistributedDataParallel)
 
-#: New PAUs hold P(0) = 0 (see :class:`~cim_plugin.method.pau.PAU`). A ReLU maps the convs' zero padding and silent
+#: New PAUs hold P(0) = 0 (see :class:`~cim_plugin.method.masks.pau.PAU`). A ReLU maps the convs' zero padding and silent
 #: channels to 0; a PAU whose constant a_0 is learned (the official init starts it at 0.030) lets the meta
 #: steps turn the padding into a signal: on the synthetic benchmark the learned units drifted to |x|-like
 #: shapes, the CAMs lit up along the borders and the stored boxes overlapped the objects worse than boxes
@@ -110,7 +110,7 @@ class CIMBranch(nn.Module):
     Args:
         num_sites: number of PAUs to create up front (0 = grow on the first forward).
         fit_range: new PAUs start from the ReLU fit on ``[-fit_range, fit_range]`` (see
-            :func:`~cim_plugin.method.pau.relu_fit_coefficients`); widen it for nets whose pre-activations
+            :func:`~cim_plugin.method.masks.pau.relu_fit_coefficients`); widen it for nets whose pre-activations
             (e.g. un-normalised residual sums) often leave [-3, 3].
         zero_at_zero: new PAUs hold ``P(0) = 0`` (default :data:`ZERO_AT_ZERO`).
     """

@@ -1,12 +1,15 @@
-"""Checks of a saved memory state (the parts every codec shares) and the atomic write of a file."""
+"""Checks of a saved memory state (the parts every codec shares) and its atomic write to a file."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict, Tuple, Union
 
 import torch
+
+from ...io import atomic_write
+
+__all__ = ["check_state", "save_state"]
 
 Spec = Dict[str, Tuple[torch.dtype, int]]  # key -> (dtype, number of dimensions)
 
@@ -46,18 +49,6 @@ def check_state(state, versions: Tuple[int, ...], extra: Spec) -> Tuple[int, str
     return version, off_key
 
 
-def atomic_save(obj, path: Union[str, os.PathLike]) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same folder + os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cim_memory.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def save_state(state: dict, path: Union[str, os.PathLike]) -> None:
+    """``torch.save(state)`` to ``path`` atomically (:func:`cim_plugin.io.atomic_write`)."""
+    atomic_write(os.fspath(path), lambda handle: torch.save(state, handle))

@@ -1,4 +1,4 @@
-"""CIM's bilevel meta step: learn the PAU parameters φ of the CIM branch (SPEC step 7).
+"""CIM's bilevel meta step: learn the PAU parameters φ of the CIM branch (CIM step 7).
 
 One call of :func:`meta_step`:
 

@@ -1,4 +1,4 @@
-"""Index helpers for CompressedMemory's packed byte payload."""
+"""Index helpers for CompressedMemory's packed byte payload, and the checks of its candidate images."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import Iterator, Tuple
 
 import torch
 
-from .codec import _check_uint8_images
+from ..codec.raw import check_uint8_images
+
+__all__ = ["INT16_MAX", "DECODE_CHUNK", "select_images", "packed_ranges", "group_by_size", "image_sizes"]
 
 INT16_MAX = 32767  # boxes are stored as int16
 #: Exemplars decoded per call by ``CompressedMemory.decode_list``: the upsampled float frames, masks and paste
@@ -15,7 +17,14 @@ INT16_MAX = 32767  # boxes are stored as int16
 DECODE_CHUNK = 256
 
 
-def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def select_images(images, idx: torch.Tensor) -> torch.Tensor:
+    """Candidates ``idx`` of a uint8 Tensor(N,3,H,W) or of a list of same-size uint8 Tensor(3,H,W)."""
+    if isinstance(images, torch.Tensor):
+        return images.index_select(0, idx.to(images.device))
+    return torch.stack([images[i] for i in idx.tolist()])
+
+
+def packed_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Concatenation of arange(s, s + l) for each (s, l); int64 1-D, no Python loop."""
     total = int(lengths.sum()) if lengths.numel() else 0
     if total == 0:
@@ -24,7 +33,7 @@ def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.arange(total, dtype=torch.long) + torch.repeat_interleave(starts - excl, lengths)
 
 
-def _size_groups(sizes: torch.Tensor) -> Iterator[Tuple[Tuple[int, int], torch.Tensor]]:
+def group_by_size(sizes: torch.Tensor) -> Iterator[Tuple[Tuple[int, int], torch.Tensor]]:
     """For int64 Tensor(N, 2) of (H, W): yield ((H, W), int64 positions) per distinct size."""
     if sizes.numel() == 0:
         return
@@ -36,7 +45,7 @@ def _size_groups(sizes: torch.Tensor) -> Iterator[Tuple[Tuple[int, int], torch.T
 def image_sizes(images) -> torch.Tensor:
     """Validate candidate images; int64 Tensor(N, 2) of their (H, W)."""
     if isinstance(images, torch.Tensor):
-        _check_uint8_images(images)
+        check_uint8_images(images)
         sizes = torch.tensor([[images.shape[2], images.shape[3]]], dtype=torch.long).repeat(images.shape[0], 1)
     elif isinstance(images, (list, tuple)):
         for i, im in enumerate(images):
