@@ -20,8 +20,10 @@ from typing import Dict, Tuple
 MOVED: Dict[str, Tuple[str, ...]] = {
     **{name: (f"method.{name}",) for name in (
         "cam", "boxes", "codec", "herding", "memory", "pau", "cim_branch", "bilevel", "rng")},
-    **{name: (f"pycil.{name}",) for name in (
-        "inner_losses", "runner", "cli", "der_p", "channel_masks", "pruning", "checkpoint")},
+    **{name: (f"pycil.{name}",) for name in ("runner", "cli", "checkpoint")},
+    "inner_losses": ("pycil.learners.losses", "pycil.learners"),
+    **{name: (f"pycil.learners.der_p.{name}",) for name in ("channel_masks", "pruning")},
+    "der_p": ("pycil.learners.der_p.learner",),
     "adapter": ("method.data", "method.network", "method.cim", "pycil.network", "pycil.data", "pycil.mixin"),
     "plots": ("bench.figures",),
     "metrics": ("bench.metrics",),

@@ -39,7 +39,7 @@ from .eta import eta_seconds, eta_text
 from .manifest import (MANIFEST, MANIFEST_SCHEMA, REPORT_FILES, config_keys_differing,  # noqa: F401 (re-exported)
                        manifest_differences, prepare_out_dir, read_manifest)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..paths import REPO_ROOT
 RUN_SCRIPT = REPO_ROOT / "exps" / "run.py"
 DEFAULT_SEEDS = (1993, 1994, 1995)
 BASELINE = "baseline"
