@@ -4,8 +4,8 @@
   object a training loop drives; ``memory/`` (the byte-budgeted :class:`~cim_plugin.method.CompressedMemory`,
   :class:`~cim_plugin.method.JpegMemory` and the codec registry), ``masks/`` (CAMs, boxes, PAUs, the CIM branch,
   the bilevel step), ``codec/`` (the codec ops), herding, data and network views.
-- :mod:`cim_plugin.pycil`: everything that imports or patches PyCIL (learner registry, the mixin,
-  data-manager wrappers, the runner and CLI, ``der_p``).
+- :mod:`cim_plugin.pycil`: everything that imports or patches PyCIL (the learner registry,
+  one file per learner in ``pycil/learners/``, the mixin, data-manager wrappers, the runner and CLI).
 - :mod:`cim_plugin.datasets`: the plug-in's datasets (PyCIL ``iData`` objects).
 - :mod:`cim_plugin.bench`: baseline-vs-CIM benchmarks, report tables, figures.
 - :mod:`cim_plugin.metrics`: a run's class-incremental metrics (accuracy matrix, forgetting, ...), shared by the

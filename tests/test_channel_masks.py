@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cim_plugin.pycil.channel_masks import (
+from cim_plugin.pycil.learners.der_p.channel_masks import (
     ChannelMasks,
     anneal_scale,
     attach_channel_masks,

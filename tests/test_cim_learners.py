@@ -5,7 +5,8 @@ import pytest
 
 from conftest import requires_pycil, tiny_config
 
-from cim_plugin.pycil.support import REFUSED, SUPPORTED
+from cim_plugin.pycil import learners
+from cim_plugin.pycil.learners import REFUSED, SUPPORTED
 
 
 @requires_pycil
@@ -33,13 +34,75 @@ def test_the_mixin_refuses_them_too(name):
 
 
 def test_every_memory_learner_of_pycil_is_either_supported_or_refused():
-    from cim_plugin.pycil.host import LEARNERS, PLUGIN_LEARNERS
+    from cim_plugin.pycil.host import LEARNERS
 
     memory_learners = {"icarl", "der", "foster", "wa", "replay", "bic", "podnet", "coil", "memo", "gem",
                        "rmm-icarl", "rmm-foster", "beefiso", "der_p", "lucir"}
-    assert memory_learners <= set(LEARNERS) | set(PLUGIN_LEARNERS)
+    assert memory_learners <= set(LEARNERS) | set(learners.PLUGIN_LEARNERS)
     assert memory_learners == set(SUPPORTED) | set(REFUSED)
     assert not set(SUPPORTED) & set(REFUSED)
+
+
+def test_the_derived_tables_agree_with_the_registry():
+    """Each learner's file is the one place its facts live: every table the plug-in reads is its registry's."""
+    from cim_plugin.pycil.host import LEARNERS
+
+    specs = learners.registered()
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)) and set(names) == set(SUPPORTED) | set(REFUSED)
+    assert SUPPORTED == tuple(s.name for s in specs if s.refused is None)
+    assert REFUSED == {s.name: s.refused for s in specs if s.refused is not None}
+    assert all(reason for reason in REFUSED.values())
+    assert set(learners.INNER_LOSSES) == set(SUPPORTED) and all(map(callable, learners.INNER_LOSSES.values()))
+    for name in SUPPORTED:
+        assert learners.inner_loss_for(name) is learners.learner_spec(name).inner_loss
+    assert set(learners.DDP_LEARNERS) <= set(SUPPORTED)
+    assert set(learners.EXTRA_HOOKS) <= set(SUPPORTED) and set(learners.EPOCH_KEYS) <= set(SUPPORTED)
+    assert set(learners.TRAIN_LOOPS) == {loop for s in specs for loop in s.train_loops}
+    assert set(learners.PLUGIN_LEARNERS) <= set(SUPPORTED) and not set(learners.PLUGIN_LEARNERS) & set(LEARNERS)
+    assert set(REFUSED) <= set(LEARNERS)  # a refused learner is one of PyCIL's
+    for spec in specs:  # PyCIL's own learner, or the plug-in's, never both
+        assert (spec.name in LEARNERS) != (spec.plugin_class is not None), spec.name
+
+
+def test_a_spec_that_contradicts_itself_is_rejected():
+    from cim_plugin.pycil.learners import LearnerSpec, ce_loss, register
+
+    with pytest.raises(ValueError, match="no inner_loss"):
+        LearnerSpec("new")  # supported, but no inner loss
+    with pytest.raises(ValueError, match="refused learner"):
+        LearnerSpec("new", refused="why", ddp=True)
+    with pytest.raises(ValueError, match="lower case"):
+        LearnerSpec("New", inner_loss=ce_loss)
+    with pytest.raises(ValueError, match="registered twice"):
+        register(LearnerSpec("icarl", inner_loss=ce_loss))
+    assert learners.learner_spec("icarl").inner_loss.__name__ == "icarl_loss"
+
+
+def test_importing_the_registry_does_not_import_pycil():
+    import subprocess
+    import sys
+
+    code = ("import sys, cim_plugin.pycil, cim_plugin.pycil.learners; "
+            "print(sorted(m for m in ('models', 'utils', 'convs', 'trainer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@requires_pycil
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_each_supported_learner_has_the_train_loops_it_declares(name):
+    """A declared loop that the class lacks would never capture the optimiser (a typo, or PyCIL renamed it)."""
+    from cim_plugin.pycil.host import learner_class
+    from cim_plugin.pycil.mixin import cim_learner_class, keeps_memory
+
+    base = learner_class(name)
+    spec = learners.learner_spec(name)
+    assert keeps_memory(base)
+    assert all(callable(getattr(base, loop, None)) for loop in spec.train_loops), spec.train_loops
+    cls = cim_learner_class(base, {"model_name": name})
+    assert cls.__mro__[1:len(spec.extra_hooks) + 1] == spec.extra_hooks
+    assert all(loop in vars(cls) for loop in spec.train_loops)
 
 
 @requires_pycil

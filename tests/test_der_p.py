@@ -21,7 +21,7 @@ def der_p():
     from cim_plugin.pycil import import_pycil
 
     import_pycil()
-    import cim_plugin.pycil.der_p as module
+    import cim_plugin.pycil.learners.der_p.learner as module
 
     return module
 
@@ -79,7 +79,7 @@ def _run(tmp_path, **overrides):
 
 
 def _check_pruned_network(results, reports, learner):
-    from cim_plugin.pycil.pruning import PrunedConvBN, count_parameters
+    from cim_plugin.pycil.learners.der_p.pruning import PrunedConvBN, count_parameters
 
     assert results["finished"] and len(results["phases"]) == 2
     last = reports[-1]

@@ -219,3 +219,19 @@ def test_a_batch_that_does_not_split_is_refused_once(tmp_path, data_root):
     assert result.returncode != 0
     assert result.stderr.count('error: "batch_size" 15 does not split over 2 processes') == 1, result.stderr[-3000:]
     assert not (tmp_path / "odd" / "results.json").exists()
+
+
+def test_torchrun_runs_exactly_the_learners_whose_spec_says_ddp(monkeypatch):
+    """DDP_LEARNERS is the registry's ``ddp`` flag (a subset of the supported learners); ``setup`` refuses any
+    other learner under torchrun, before it joins a process group."""
+    from cim_plugin.config import ConfigError
+    from cim_plugin.pycil import distributed
+    from cim_plugin.pycil.learners import DDP_LEARNERS, SUPPORTED, registered
+
+    assert DDP_LEARNERS == tuple(s.name for s in registered() if s.ddp) and set(DDP_LEARNERS) <= set(SUPPORTED)
+    assert {"icarl", "der", "foster"} <= set(DDP_LEARNERS)  # the learners the runs above train under torchrun
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    for name in set(SUPPORTED) - set(DDP_LEARNERS):
+        with pytest.raises(ConfigError, match=f'learner "{name}" is not supported under torchrun'):
+            distributed.setup({"model_name": name, "_devices": [torch.device("cpu")]})

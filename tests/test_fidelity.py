@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from conftest import requires_pycil, tiny_learner_config
 
-from cim_plugin.pycil import inner_losses
+from cim_plugin.pycil import learners
 from cim_plugin.method.masks.bilevel import meta_step
 from cim_plugin.method.masks.cim_branch import CIMBranch
 
@@ -43,7 +43,7 @@ def test_phase_zero_inner_loss_is_plain_ce_for_every_learner():
     ce = F.cross_entropy(logits, y)
     for name in ("icarl", "wa", "der", "der_p", "foster", "replay"):
         learner = _fake(0, 0, 4, old_logits=torch.randn(6, 2), per_cls_weights=torch.ones(4), lambda_okd=1.0)
-        assert torch.allclose(inner_losses.inner_loss_for(name)(learner, out, y, x), ce), name
+        assert torch.allclose(learners.inner_loss_for(name)(learner, out, y, x), ce), name
 
 
 def test_incremental_inner_loss_is_each_learners_own():
@@ -56,22 +56,22 @@ def test_incremental_inner_loss_is_each_learners_own():
     ce = F.cross_entropy(logits, y)
     kd = _hand_kd(logits[:, :known], old, 2.0)
 
-    icarl = inner_losses.inner_loss_for("icarl")(_fake(1, known, total, old), {"logits": logits}, y, x)
+    icarl = learners.inner_loss_for("icarl")(_fake(1, known, total, old), {"logits": logits}, y, x)
     assert torch.allclose(icarl, ce + kd)
 
     lam = known / total
-    wa = inner_losses.inner_loss_for("wa")(_fake(1, known, total, old), {"logits": logits}, y, x)
+    wa = learners.inner_loss_for("wa")(_fake(1, known, total, old), {"logits": logits}, y, x)
     assert torch.allclose(wa, (1 - lam) * ce + lam * kd)
 
     aux = torch.randn(B, total - known + 1, generator=g)
     aux_y = torch.tensor([0 if int(t) < known else int(t) - known + 1 for t in y])
-    der = inner_losses.inner_loss_for("der")(_fake(1, known, total), {"logits": logits, "aux_logits": aux}, y, x)
+    der = learners.inner_loss_for("der")(_fake(1, known, total), {"logits": logits, "aux_logits": aux}, y, x)
     assert torch.allclose(der, ce + F.cross_entropy(aux, aux_y))
 
     w = torch.rand(total, generator=g) + 0.5
     fe = torch.randn(B, total, generator=g)
     learner = _fake(1, known, total, per_cls_weights=w, lambda_okd=0.7)
-    foster = inner_losses.inner_loss_for("foster")(
+    foster = learners.inner_loss_for("foster")(
         learner, {"logits": logits, "fe_logits": fe, "old_logits": old}, y, x)
     expected = F.cross_entropy(logits / w, y) + F.cross_entropy(fe, y) + 0.7 * kd
     assert torch.allclose(foster, expected)

@@ -29,7 +29,7 @@ from cim_plugin.method.data import ExemplarDataset
 from cim_plugin.method.memory.jpeg import JpegMemory
 from cim_plugin.pycil import checkpoint, distributed
 from cim_plugin.pycil.host import resolve_devices
-from cim_plugin.pycil.pruning import output_difference_and_scale
+from cim_plugin.pycil.learners.der_p.pruning import output_difference_and_scale
 from conftest import REPO, requires_pycil, tiny_config
 
 H = W = 32
@@ -278,7 +278,7 @@ def test_cuda_resume_caveat_is_said_where_resume_is_claimed():
 
 @requires_pycil
 def test_lucir_refuses_several_gpu_devices():
-    from cim_plugin.pycil.lucir import LUCIR
+    from cim_plugin.pycil.learners.lucir.learner import LUCIR
 
     with pytest.raises(ConfigError, match="lucir runs on one device"):
         LUCIR({"device": [torch.device("cuda:0"), torch.device("cuda:1")]})

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, requires_pycil, tiny_config
 
-from cim_plugin.pycil.lucir_losses import (cosine_scores, less_forget_lambda, less_forget_loss, lucir_loss,
+from cim_plugin.pycil.learners.lucir.losses import (cosine_scores, less_forget_lambda, less_forget_loss, lucir_loss,
                                            margin_ranking_loss)
 
 
@@ -55,7 +55,7 @@ def test_whole_loss_adds_the_terms():
 
 
 def test_imprinted_weights_point_at_the_class_mean():
-    from cim_plugin.pycil.lucir import imprint_weights
+    from cim_plugin.pycil.learners.lucir.learner import imprint_weights
 
     g = torch.Generator().manual_seed(1)
     feats = torch.randn(10, 4, generator=g)
@@ -71,7 +71,7 @@ def test_imprinted_weights_point_at_the_class_mean():
 @requires_pycil
 @pytest.mark.parametrize("convnet", ["resnet32", "resnet18"])
 def test_backbone_ends_without_relu_and_classifier_is_scaled_cosine(convnet):
-    from cim_plugin.pycil.lucir import LUCIR
+    from cim_plugin.pycil.learners.lucir.learner import LUCIR
 
     torch.manual_seed(0)
     learner = LUCIR(tiny_config(model_name="lucir", convnet_type=convnet, dataset="cifar100"))
@@ -106,7 +106,7 @@ def _block_input_shape(net, block):
 @requires_pycil
 def test_unknown_backbone_is_refused():
     from cim_plugin.config import ConfigError
-    from cim_plugin.pycil.lucir import remove_last_relu
+    from cim_plugin.pycil.learners.lucir.learner import remove_last_relu
 
     with pytest.raises(ConfigError, match="last ReLU"):
         remove_last_relu(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU()), "conv2")
@@ -142,7 +142,7 @@ def test_lucir_runs_and_keeps_the_old_classifier_part(tmp_path):
 
 @requires_pycil
 def test_lucir_with_cim_uses_lucirs_loss_as_inner_loss(tmp_path, monkeypatch):
-    from cim_plugin.pycil import lucir
+    from cim_plugin.pycil.learners.lucir import learner as lucir
 
     calls = []
     original = lucir.LUCIR.lucir_loss
@@ -175,5 +175,6 @@ def test_a_lucir_key_of_the_wrong_type_is_refused_by_name():
     from cim_plugin.config import ConfigError
     from cim_plugin.pycil.runner import prepare
 
-    with pytest.raises(ConfigError, match='"mr_k" overrides the constant mr_k of the plug-in\'s cim_plugin.pycil.lucir'):
+    with pytest.raises(ConfigError, match='"mr_k" overrides the constant mr_k of the plug-in\'s '
+                                          'cim_plugin.pycil.learners.lucir.learner'):
         prepare(tiny_config(model_name="lucir", mr_k="two"))

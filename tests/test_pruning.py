@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cim_plugin.pycil.channel_masks import attach_channel_masks
-from cim_plugin.pycil.pruning import (
+from cim_plugin.pycil.learners.der_p.channel_masks import attach_channel_masks
+from cim_plugin.pycil.learners.der_p.pruning import (
     PrunedConvBN,
     count_flops,
     count_parameters,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..datasets import DATASETS, build_idata
-from ..method.boxes import box_coverage, box_iou, same_size_center_boxes, same_size_random_boxes
+from ..method.masks import box_coverage, box_iou, same_size_center_boxes, same_size_random_boxes
 from .layout import BASELINE, read_exemplars, read_predictions
 from .stats import fmt, mean_std
 

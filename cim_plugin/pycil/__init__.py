@@ -1,9 +1,16 @@
-"""Everything that imports or patches PyCIL: the learner registry, module constants and devices
-(:mod:`.host`), the CIM mixin (:mod:`.mixin`) and its data-manager and loader wrappers, each learner's
-inner loss, the runner and CLI, and ``der_p`` (DER with channel masks and pruning).
+"""Everything that imports or patches PyCIL: finding and importing it, PyCIL's learner table and devices
+(:mod:`.host`), its module constants (:mod:`.constants`), the learners the plug-in knows, one file each
+(:mod:`.learners`: supported or refused, inner loss, hooks, der_p and lucir), the CIM mixin (:mod:`.mixin`)
+and its data-manager and loader wrappers, the runner and CLI.
 
 Importing this package does not import PyCIL; :func:`import_pycil` does.
 """
 
-from .host import *  # noqa: F401,F403  (the registry's names: `from cim_plugin.pycil import learner_class`)
-from .host import REPO_ROOT, SUBMODULE_FIX, _ARG_KEY  # noqa: F401
+from .constants import check_constant_overrides, learner_modules, module_constants, overridden
+from .host import (SUBMODULE_FIX, LEARNERS, PyCILMissing, import_pycil, learner_class, patched, pycil_available,
+                   pycil_dir, resolve_devices)
+from .learners import REFUSED, SUPPORTED, LearnerSpec, learner_spec, register
+
+__all__ = ["SUBMODULE_FIX", "PyCILMissing", "pycil_dir", "pycil_available", "import_pycil", "LEARNERS",
+           "learner_class", "learner_modules", "module_constants", "check_constant_overrides", "overridden",
+           "resolve_devices", "patched", "LearnerSpec", "register", "learner_spec", "SUPPORTED", "REFUSED"]

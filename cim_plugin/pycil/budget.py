@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 import numpy as np
+import torch
 
 from ..config import ConfigError
 from ..method.memory import get_codec, make_memory
+from .constants import learner_modules
+from .data import ImagePipeline
+from .mixin import keeps_memory
 
 
 def bytes_per_image(learner, idata) -> int:
@@ -43,10 +47,6 @@ def smallest_cim_exemplar(config: Dict[str, Any], data_manager) -> Tuple[int, in
     its shared header (the tables) is the last element. ``"jpeg_quality": "auto"`` is priced at the
     lowest quality it may choose.
     """
-    import torch
-
-    from .data import ImagePipeline
-
     image = ImagePipeline(data_manager).load(data_manager._train_data[0])  # uint8 (3, H, W)
     H, W = int(image.shape[-2]), int(image.shape[-1])
     keys = dict(config)
@@ -72,8 +72,6 @@ def check_bic_holdout(config: Dict[str, Any], learner, data_manager) -> None:
     for the last phase, which has the most known classes."""
     if type(learner).__name__ not in ("BiC", "CIMBiC") or len(data_manager._increments) < 2:
         return
-    from .host import learner_modules
-
     ratio = next((float(m.split_ratio) for m in learner_modules(type(learner)) if hasattr(m, "split_ratio")), 0.1)
     known = sum(data_manager._increments[:-1])
     if int(ratio * int(config["memory_size"]) / known) >= 1:
@@ -97,8 +95,6 @@ def check_budget_fits(config: Dict[str, Any], learner, data_manager) -> None:
     checked with the config). CIM: the share memory_budget_bytes // classes must hold the cheapest
     exemplar (:func:`smallest_cim_exemplar`). Learners that keep no memory are not checked.
     """
-    from .mixin import keeps_memory
-
     check_bic_holdout(config, learner, data_manager)
     if not keeps_memory(type(learner)) or len(data_manager._train_data) == 0:
         return

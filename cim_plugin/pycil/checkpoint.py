@@ -32,7 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 
 # Attributes a learner rebuilds itself (loaders, datasets, data managers) are not saved.
 _SKIP_TYPE_NAMES = {"DataLoader", "DataManager", "DataManagerProxy", "ImagePipeline", "CompressAugmentDataset",
-                    "DummyDataset", "ConcatDataset", "Concat", "ExemplarDataset", "_EpochHookLoader",
+                    "DummyDataset", "ConcatDataset", "Concat", "ExemplarDataset", "EpochHookLoader",
                     "EpochShardedLoader"}
 # Where the learner runs: set by the resuming process from its own config (and torchrun's LOCAL_RANK).
 PLACEMENT = ("_device", "_multiple_gpus")

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..config import ConfigError, load_config
+from ..datasets import DatasetLayoutError
 from . import distributed
 from .host import PyCILMissing
+from .runner import run_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,9 +35,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     path = args.config_opt or args.config_pos
     if path is None:
         parser().error("give a config: exps/run.py CONFIG.json (or --config CONFIG.json)")
-    from ..datasets import DatasetLayoutError
-    from .runner import run_config
-
     try:
         config = load_config(path)
         if args.resume and args.out is None:

@@ -162,7 +162,7 @@ def split_memory(labels, per_class: int, generator: torch.Generator) -> Tuple[np
     return torch.nonzero(mask).flatten().numpy(), torch.sort(held_out).values.numpy()
 
 
-class _EpochHookLoader:
+class EpochHookLoader:
     """A train loader that calls `hook()` before every pass (= every epoch) over the data; with `when`, only
     before the passes where `when()` is true (BiC also iterates its train loader to measure accuracy)."""
 

@@ -57,13 +57,13 @@ from ..config import ConfigError
 from ..io import write_json
 from ..method.memory import memory_from_state
 from ..method.replicas import Replicas, digest
-from .host import learner_class, learner_modules, module_constants, overridden
+from .constants import learner_modules, module_constants, overridden
+from .host import learner_class
+from .learners import DDP_LEARNERS
 from .network import unwrap
 
 log = logging.getLogger("cim_plugin")
 
-#: learners run and tested under torchrun (PyCIL's DataParallel hook wraps all their training).
-DDP_LEARNERS = ("icarl", "der", "foster", "wa", "replay")
 DEBUG_DIR_ENV, FAIL_ENV, TIMEOUT_ENV = "CIM_DDP_DEBUG_DIR", "CIM_DDP_FAIL", "CIM_DDP_TIMEOUT_S"
 RESUME_HINT = ("process 0 writes results.json and checkpoint.pt atomically after every finished phase, so the "
                "run folder holds the last finished phase intact; rerun the same command with --resume --out DIR")

@@ -1,15 +1,17 @@
-"""Everything that touches PyCIL lives here: finding and importing the submodule, the learner
-table, per-run overrides of PyCIL's module constants, device selection, and the dataset hook.
+"""Everything that touches PyCIL lives here: finding and importing the submodule, PyCIL's learner
+table (and the plug-in's learners, from :mod:`.learners`), device selection, and the per-run patches
+(module constants, the dataset hook, network factories).
 
 PyCIL's files are never edited: we adapt it from outside by setting attributes on its modules
-for the duration of one run and restoring them afterwards.
+for the duration of one run and restoring them afterwards (:mod:`.constants`).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
-import json
+import inspect
 import os
 import re
 import sys
@@ -22,8 +24,15 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, did_you_mean
+from ..paths import REPO_ROOT
+from .constants import learner_modules, module_constants, overridden
+from .learners import PLUGIN_LEARNERS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["SUBMODULE_FIX", "PINNED_COMMIT", "PyCILMissing", "pycil_dir", "pycil_available", "import_pycil",
+           "LEARNERS", "PYCIL_DATASETS", "learner_class", "convnet_names", "check_convnet_type", "pycil_arg_keys",
+           "resolve_devices", "STEM_BY_NAME_NETS", "stem_dataset_name", "UNRUNNABLE", "ONLY_32PX",
+           "check_runnable", "patched"]
+
 SUBMODULE_FIX = "git submodule update --init third_party/PyCIL"
 PINNED_COMMIT = "87cc411"  # third_party/PyCIL, the PyCIL the plug-in is checked against
 
@@ -90,11 +99,7 @@ LEARNERS: Dict[str, str] = {
     "ds-al": "models.dsal:DSAL",
     "aper_finetune": "models.aper_finetune:APER_FINETUNE",
 }
-# Learners the plug-in adds (built on PyCIL's classes), same "module:Class" form.
-PLUGIN_LEARNERS: Dict[str, str] = {
-    "der_p": "cim_plugin.pycil.der_p:DERP",
-    "lucir": "cim_plugin.pycil.lucir:LUCIR",
-}
+# The plug-in's own learners (der_p, lucir) are declared in .learners: PLUGIN_LEARNERS, same form.
 PYCIL_DATASETS = ("cifar10", "cifar100", "imagenet100", "imagenet1000")
 
 
@@ -110,95 +115,12 @@ def learner_class(model_name: str):
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-def module_constants(module) -> Dict[str, Any]:
-    """PyCIL hyper-parameters kept as module-level constants (epochs, lrate, milestones, ...)."""
-    out = {}
-    for key, value in vars(module).items():
-        if key.startswith("_") or key.isupper() or key == "logging":
-            continue
-        if isinstance(value, (bool, int, float, str)) or (
-            isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
-        ):
-            out[key] = value
-    return out
-
-
-def learner_modules(cls) -> List[Any]:
-    """The modules defining `cls` and its learner bases (whose constants a config may override)."""
-    out = []
-    for klass in cls.__mro__:
-        module = sys.modules.get(klass.__module__)
-        name = klass.__module__
-        if name == "models.base":  # BaseLearner's batch_size is for exemplar extraction, not a hyper-parameter
-            continue
-        if module is not None and (name.startswith("models.") or name.startswith("cim_plugin.")) and module not in out:
-            out.append(module)
-    return out
-
-
-def _kind(value) -> str:
-    """What a module constant's value is, in the words of an error message."""
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "a list of numbers"
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _matches(default, value) -> bool:
-    """Can ``value`` (from JSON) replace the module constant ``default``? (int is fine for float; bool is not a number)."""
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return _is_number(value)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    return isinstance(value, list) and all(_is_number(v) for v in value)
-
-
-def owner(module) -> str:
-    """How an error names a learner module: "PyCIL's models.icarl" or "the plug-in's cim_plugin.pycil.lucir"."""
-    who = "the plug-in's" if module.__name__.startswith("cim_plugin.") else "PyCIL's"
-    return f"{who} {module.__name__}"
-
-
-def check_constant_overrides(config: Dict[str, Any], modules) -> None:
-    """ConfigError unless every top-level key overriding a module constant of ``modules`` has its type.
-
-    The type is that of the constant itself (see :func:`module_constants`): bool, int (a float is
-    refused), float (an int is fine), str, or a list of numbers. The message names the key, the
-    expected type, the constant's own value and the value given.
-    """
-    for module in modules:
-        for key, default in module_constants(module).items():
-            if key not in config or _matches(default, config[key]):
-                continue
-            value, example = config[key], json.dumps(list(default) if isinstance(default, tuple) else default)
-            raise ConfigError(
-                f'"{key}" overrides the constant {key} of {owner(module)}, which is {_kind(default)}; '
-                f"got {value!r} ({type(value).__name__}). Give {_kind(default)}, e.g. \"{key}\": {example} "
-                f"(its default)")
-
-
 def convnet_names() -> List[str]:
     """The "convnet_type" values PyCIL's ``utils/inc_net.get_convnet`` accepts, sorted (lower case).
 
     Read from the function's own source (``name == "..."`` comparisons), so the list follows the
     pinned PyCIL without building any network. Empty when the source cannot be read.
     """
-    import ast
-    import inspect
-
     import_pycil()
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(importlib.import_module("utils.inc_net").get_convnet)))
@@ -282,19 +204,6 @@ def resolve_devices(spec: List[Any]) -> List[torch.device]:
     if len(set(devices)) < len(devices):
         raise ConfigError(f'"device" {list(spec)} names a GPU twice; list each GPU id once')
     return devices
-
-
-@contextlib.contextmanager
-def overridden(module, values: Dict[str, Any]) -> Iterator[None]:
-    """Set module attributes for the duration of the block, then restore them."""
-    saved = {k: getattr(module, k) for k in values}
-    try:
-        for key, value in values.items():
-            setattr(module, key, value)
-        yield
-    finally:
-        for key, value in saved.items():
-            setattr(module, key, value)
 
 
 def _adaptive_pool_factory(factory):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -25,28 +26,15 @@ import torch
 from ..config import ConfigError
 from ..method.cim import CIM, CIM_KEYS, PHI_WEIGHT_DECAY, BudgetTooSmall
 from ..method.memory.legacy import adopt_legacy_state
-from .bic_hooks import BiCHooks
 from .checkpoint import save
-from .data import DataManagerProxy, ImagePipeline, MemoryAppendent, _EpochHookLoader
-from .host import learner_modules
-from .inner_losses import inner_loss_for
+from .constants import learner_modules
+from .data import DataManagerProxy, EpochHookLoader, ImagePipeline, MemoryAppendent
+from .learners import DEFAULT_EPOCH_KEYS, EPOCH_KEYS, EXTRA_HOOKS, SUPPORTED, inner_loss_for, learner_spec, refusal
 from .network import FmapView, unwrap
-from .support import SUPPORTED, refusal  # learners run end to end with CIM; why the others are refused
+
+__all__ = ["CIMMixin", "cim_learner_class", "keeps_memory"]
 
 log = logging.getLogger("cim_plugin")
-
-# The learners' epoch loops that receive the phase's CIL optimiser as an argument: the mixin reads the
-# current learning rate and weight decay from it (inner step size, φ's schedule and weight decay).
-TRAIN_LOOPS = ("_init_train", "_update_representation", "_feature_boosting", "_der_p_fit")
-
-# The keys naming a phase's training epochs (first phase, later phases), read from the config (args) or the
-# learner module's constants: PyCIL's usual pair, FOSTER's own (its compression epochs run without CIM work),
-# BiC's single "epochs" (its stage-1 loop, the one that calls CIM's epoch hook).
-EPOCH_KEYS = {"foster": ("init_epochs", "boosting_epochs"), "bic": ("epochs", "epochs")}
-DEFAULT_EPOCH_KEYS = ("init_epoch", "epochs")
-
-# Learners whose flow needs hooks of their own, placed before CIMMixin (BiC's two-stage loop).
-EXTRA_HOOKS = {"bic": (BiCHooks,)}
 
 
 def keeps_memory(cls) -> bool:
@@ -91,7 +79,8 @@ class CIMMixin:
         return super().incremental_train(DataManagerProxy(data_manager, self))
 
     def _cim_phase_epochs(self, task: int) -> Optional[int]:
-        """The training epochs of phase ``task`` (see EPOCH_KEYS), or None when the learner names none."""
+        """The training epochs of phase ``task`` (the learner's epoch keys, see LearnerSpec.epoch_keys), or None
+        when the learner names none."""
         first, later = EPOCH_KEYS.get(str(self.args.get("model_name", "")).lower(), DEFAULT_EPOCH_KEYS)
         key = first if task == 0 else later
         if key in self.args:
@@ -105,7 +94,7 @@ class CIMMixin:
         adopt_legacy_state(self._cim, vars(self))
 
     def _train(self, train_loader, *rest, **kwargs):
-        return super()._train(_EpochHookLoader(train_loader, self._cim_on_epoch), *rest, **kwargs)
+        return super()._train(EpochHookLoader(train_loader, self._cim_on_epoch), *rest, **kwargs)
 
     def _cim_on_epoch(self):
         """Before each epoch: CIM's meta steps, box refreshes and augmentation schedule (see CIM.before_epoch)."""
@@ -183,8 +172,6 @@ class CIMMixin:
     # -- reporting ---------------------------------------------------------------------------
     def cim_save_artifacts(self, out_dir) -> None:
         """memory.pt (the compressed memory, real bytes) and exemplars.pt (where each came from)."""
-        from pathlib import Path
-
         self._cim.memory.save(Path(out_dir) / "memory.pt")
         save(Path(out_dir) / "exemplars.pt", self._cim.exemplar_record())
 
@@ -203,9 +190,8 @@ def cim_learner_class(base_cls, args: Dict[str, Any]):
     if name not in SUPPORTED:
         raise ConfigError(f"{refusal(name)}; supported: {', '.join(SUPPORTED)}")
     cls = type(f"CIM{base_cls.__name__}", (*EXTRA_HOOKS.get(name, ()), CIMMixin, base_cls), {})
-    for loop in TRAIN_LOOPS:
-        if hasattr(base_cls, loop):
-            setattr(cls, loop, _optimiser_capturing(cls, loop))
+    for loop in learner_spec(name).train_loops:  # the learner's loops given the CIL optimiser (its spec)
+        setattr(cls, loop, _optimiser_capturing(cls, loop))
     return cls
 
 

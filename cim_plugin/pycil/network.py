@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..method.masks import count_relu_sites
+
 
 def unwrap(network: nn.Module) -> nn.Module:
     """The network inside PyCIL's nn.DataParallel or the torchrun DistributedDataParallel wrapper."""
@@ -59,8 +61,6 @@ def _memo_fmaps_and_features(net: nn.Module, x: torch.Tensor):
 
 def shared_relu_sites(network: nn.Module, x: torch.Tensor) -> int:
     """ReLU sites run once for all backbones before them (MEMO's generalized blocks); 0 for other nets."""
-    from ..method.masks import count_relu_sites
-
     net = unwrap(network)
     return count_relu_sites(net.TaskAgnosticExtractor, x) if hasattr(net, "TaskAgnosticExtractor") else 0
 

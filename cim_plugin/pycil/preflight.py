@@ -24,18 +24,9 @@ from ..config import (
     with_defaults,
 )
 from ..datasets import DATASETS, DatasetLayoutError, build_idata, dataset_names
-from .host import (
-    PYCIL_DATASETS,
-    check_constant_overrides,
-    check_convnet_type,
-    import_pycil,
-    learner_class,
-    learner_modules,
-    module_constants,
-    pycil_arg_keys,
-    resolve_devices,
-)
-from .support import check_cim_support
+from .constants import check_constant_overrides, learner_modules, module_constants
+from .host import PYCIL_DATASETS, check_convnet_type, import_pycil, learner_class, pycil_arg_keys, resolve_devices
+from .learners import check_cim_support
 
 __all__ = ["check_dataset_name", "check_dataset_options", "dataset_hook", "dataset_option_keys", "load_dataset",
            "prepare", "valid_keys"]

@@ -25,6 +25,7 @@ from ..io import write_json
 from ..platform_info import numerics_key, platform_info
 from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
 from .host import import_pycil, learner_class, patched
+from .mixin import cim_learner_class
 from .preflight import load_dataset, prepare  # noqa: F401 (prepare: the runner's entry for callers and tests)
 
 log = logging.getLogger("cim_plugin")
@@ -100,8 +101,6 @@ def build_learner(args: Dict[str, Any]):
     """The learner for a run: PyCIL's own class, or its CIM-wrapped version with "cim": true."""
     cls = learner_class(args["model_name"])
     if args.get("cim"):
-        from .mixin import cim_learner_class
-
         cls = cim_learner_class(cls, args)
     return cls(args)
 
@@ -138,6 +137,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
         with patched(args, idata_hook=(lambda name: idata) if idata is not None else None), \
                 ddp.patched(args["model_name"]):
             args.pop("_image_size", None)
+            # PyCIL's modules: importable only once import_pycil() (above) put PyCIL on sys.path
             from utils.data_manager import DataManager
             from utils.toolkit import count_parameters
 

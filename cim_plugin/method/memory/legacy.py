@@ -28,6 +28,7 @@ __all__ = ["lowres_len_v1", "convert_v1", "LEGACY_CIM_ATTRIBUTES", "adopt_legacy
            "LegacyUnpickler", "load_checkpoint"]
 
 _M = "cim_plugin.method."
+_P = "cim_plugin.pycil.learners."
 #: old module -> the module(s) that now hold its names (tried in order). Strings only: a module is imported
 #: when a file names it, as unpickling does anyway.
 MOVED_MODULES: Dict[str, Tuple[str, ...]] = {
@@ -42,13 +43,22 @@ MOVED_MODULES: Dict[str, Tuple[str, ...]] = {
     **{"cim_plugin." + name: (_M + "masks." + name,) for name in ("cam", "boxes", "pau", "cim_branch", "bilevel")},
     "cim_plugin.codec": (_M + "codec.raw",), "cim_plugin.memory": (_M + "memory.raw",),
     "cim_plugin.herding": (_M + "herding",), "cim_plugin.rng": (_M + "rng",),
-    **{"cim_plugin." + name: ("cim_plugin.pycil." + name,) for name in (
-        "inner_losses", "runner", "cli", "der_p", "channel_masks", "pruning", "checkpoint")},
+    **{"cim_plugin." + name: ("cim_plugin.pycil." + name,) for name in ("runner", "cli", "checkpoint")},
     "cim_plugin.adapter": (_M + "data", _M + "network", _M + "cim", "cim_plugin.pycil.network",
                            "cim_plugin.pycil.data", "cim_plugin.pycil.mixin"),
-    "cim_plugin.plots": ("cim_plugin.bench.figures",), "cim_plugin.metrics": ("cim_plugin.bench.metrics",),
-    "cim_plugin.benchmark": ("cim_plugin.bench.runs", "cim_plugin.bench.tables", "cim_plugin.bench.sizes",
+    "cim_plugin.plots": ("cim_plugin.bench.figures",), "cim_plugin.bench.metrics": ("cim_plugin.metrics",),
+    "cim_plugin.benchmark": ("cim_plugin.bench.layout", "cim_plugin.bench.plan", "cim_plugin.bench.execute",
+                             "cim_plugin.bench.command", "cim_plugin.bench.tables", "cim_plugin.bench.sizes",
                              "cim_plugin.bench.report"),
+    "cim_plugin.bench.runs": ("cim_plugin.bench.layout", "cim_plugin.bench.variants", "cim_plugin.bench.manifest",
+                              "cim_plugin.bench.plan", "cim_plugin.bench.execute", "cim_plugin.bench.command"),
+    # pycil/ before one module per learner (pycil/learners/)
+    **{prefix + name: (_P + "der_p." + name,) for prefix in ("cim_plugin.", "cim_plugin.pycil.")
+       for name in ("channel_masks", "pruning")},
+    **{prefix + "der_p": (_P + "der_p.learner",) for prefix in ("cim_plugin.", "cim_plugin.pycil.")},
+    **{prefix + "inner_losses": (_P + "losses", _P[:-1]) for prefix in ("cim_plugin.", "cim_plugin.pycil.")},
+    "cim_plugin.pycil.lucir": (_P + "lucir.learner",), "cim_plugin.pycil.lucir_losses": (_P + "lucir.losses",),
+    "cim_plugin.pycil.bic_hooks": (_P + "bic",), "cim_plugin.pycil.support": (_P[:-1],),
 }
 #: the CIM object's parts that such old checkpoints saved as learner attributes ``_cim_<name>``
 LEGACY_CIM_ATTRIBUTES = ("memory", "branch", "branch_task", "generator", "image_bytes", "sources", "cams")

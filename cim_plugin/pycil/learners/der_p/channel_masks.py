@@ -25,7 +25,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ....config import ConfigError
 
 __all__ = ["ConvBN", "find_conv_bn_pairs", "ChannelMasks", "attach_channel_masks", "remove_channel_masks",
            "anneal_scale", "sparsity_loss", "check_s_max", "MASKS_ATTR"]

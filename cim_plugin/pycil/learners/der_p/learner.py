@@ -3,11 +3,11 @@
 Built on PyCIL's DER (expansion, frozen old extractors, auxiliary classifier over the new classes
 plus one "old" output, memory) and adds what PyCIL's DER leaves out:
 
-- channel masks m_l = sigmoid(s * e_l) on every conv of the NEW extractor (cim_plugin.pycil.channel_masks),
+- channel masks m_l = sigmoid(s * e_l) on every conv of the NEW extractor (cim_plugin.pycil.learners.der_p.channel_masks),
   s annealed within each epoch from 1/s_max to s_max, and a sparsity loss (fraction of the
   extractor's conv parameters in use) weighted by ``sparsity_weight`` in the loss;
 - after the phase's training the masks are binarised (m > 0.5) and the new extractor is pruned
-  for real (cim_plugin.pycil.pruning); the pruned extractor is checked against the masked one;
+  for real (cim_plugin.pycil.learners.der_p.pruning); the pruned extractor is checked against the masked one;
 - classifier re-training on a class-balanced subset (memory + as many images per new class as the
   memory holds per old class), backbones frozen (``classifier_retrain``: "balanced"), or PyCIL's
   weight alignment ("weight_align").
@@ -31,6 +31,8 @@ from torch import nn, optim
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
+from ....config import ConfigError
+from ...host import import_pycil
 from .channel_masks import (
     MASKS_ATTR,
     anneal_scale,
@@ -39,14 +41,14 @@ from .channel_masks import (
     find_conv_bn_pairs,
     remove_channel_masks,
 )
-from ..config import ConfigError
 from .pruning import count_flops, count_parameters, output_difference_and_scale, prune_masked
-from .host import import_pycil
 
-import_pycil()
+import_pycil()  # PyCIL's packages (models, utils) are importable only once this put them on sys.path
 from models import der as _der  # noqa: E402  (PyCIL's DER module: its constants are read at call time)
 from models.der import DER  # noqa: E402
 from utils import inc_net as _inc_net  # noqa: E402
+
+__all__ = ["DERP", "DERPNet", "settings", "check_maskable", "RETRAIN_MODES"]
 
 log = logging.getLogger("cim_plugin")
 

@@ -10,7 +10,7 @@ PyCIL has no LUCIR; this one follows the paper and its official code (hshustc/CV
 - backbone: the last ReLU of the last residual block is removed (features may be negative), on PyCIL's
   resnet32 and resnet18 without editing PyCIL (the block's class is swapped for one whose forward
   ends before the ReLU); cosine_resnet32/18 (PyCIL's UCIR backbones) already end without it.
-- loss: CE + λ · less-forget + margin ranking (``lucir_losses``).
+- loss: CE + λ · less-forget + margin ranking (``losses.py``).
 - memory: PyCIL's herding (fixed_memory / memory_size), CNN and NME evaluation; optionally
   class-balanced fine-tuning of the classifier on the exemplars after the memory update (``lucir_cbf``).
 
@@ -30,15 +30,17 @@ from torch import nn, optim
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError
-from .host import import_pycil
-from .lucir_losses import cosine_scores, less_forget_lambda, lucir_loss
+from ....config import ConfigError
+from ...host import import_pycil
+from .losses import cosine_scores, less_forget_lambda, lucir_loss
 
-import_pycil()
+import_pycil()  # PyCIL's packages (convs, models, utils) are importable only once this put them on sys.path
 from convs import cifar_resnet as _cifar_resnet  # noqa: E402
 from convs import resnet as _resnet  # noqa: E402
 from models.base import BaseLearner  # noqa: E402
 from utils.inc_net import CosineIncrementalNet  # noqa: E402
+
+__all__ = ["LUCIR", "settings", "remove_last_relu", "imprint_weights"]
 
 log = logging.getLogger("cim_plugin")
 
