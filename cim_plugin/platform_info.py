@@ -36,7 +36,7 @@ def platform_info(devices=None) -> Dict[str, Any]:
     count, and for CUDA devices among ``devices`` (strings or torch.device) their names and cuDNN's
     version."""
     try:
-        import torchvision
+        import torchvision  # optional here: a platform record without torchvision still names torch
 
         vision = torchvision.__version__
     except Exception:  # noqa: BLE001 - an absent or broken torchvision is recorded, not fatal

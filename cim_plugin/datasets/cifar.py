@@ -62,7 +62,7 @@ class CIFAR100Folder(_RootedIData):
             reason = "downloading is off"
             if self.download:
                 try:
-                    from torchvision.datasets import CIFAR100
+                    from torchvision.datasets import CIFAR100  # only to download: torchvision.datasets is slow to import
 
                     CIFAR100(root=self.data_root, train=True, download=True)
                     reason = ""

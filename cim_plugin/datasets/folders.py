@@ -320,7 +320,7 @@ class TinyImageNet(_RootedIData):
         self.common_trsf = [transforms.Normalize(mean=(0.480, 0.448, 0.398), std=(0.277, 0.269, 0.282))]
 
     def download_data(self) -> None:
-        from PIL import Image
+        from PIL import Image  # only to write the downloaded photos
 
         self._check_root()
         root = self.data_root

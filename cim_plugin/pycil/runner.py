@@ -139,7 +139,7 @@ def run_seed(config: Dict[str, Any], seed: int, out_dir: Path, resume: bool = Fa
             args.pop("_image_size", None)
             # PyCIL's modules: importable only once import_pycil() (above) put PyCIL on sys.path
             from utils.data_manager import DataManager
-            from utils.toolkit import count_parameters
+            from utils.toolkit import count_parameters  # PyCIL, as above
 
             trainer._set_random()
             for key, value in args.items():
