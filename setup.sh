@@ -29,7 +29,7 @@ if ! torch_ok; then
   fi
   torch_ok || { echo "error: could not install a torch+torchvision pair that imports" >&2; exit 1; }
 fi
-"$PIP" install -q numpy scipy tqdm pytest matplotlib
+"$PIP" install -q numpy scipy tqdm pytest matplotlib ruff  # ruff: the lint .ci/run enforces (ruff.toml)
 "$PIP" install -q --no-deps -e .
 
 if [ ! -f third_party/PyCIL/trainer.py ]; then

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from cim_plugin.method.codec.raw import decode, encode, exemplar_cost, upsample
 from cim_plugin.method.masks.boxes import cam_to_boxes, center_boxes
 from cim_plugin.method.masks.cam import cam_from_feature_maps
-from cim_plugin.method.codec.raw import decode, encode, exemplar_cost, upsample
-from cim_plugin.method.memory.jpeg import JpegMemory
 from cim_plugin.method.memory import CompressedMemory
+from cim_plugin.method.memory.jpeg import JpegMemory
 
 
 def _time(fn, repeats):

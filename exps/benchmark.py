@@ -57,10 +57,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     # imported after parsing, so that --help and bad arguments answer without loading torch
     from cim_plugin.bench import join_benchmarks, run_benchmark
-    from cim_plugin.pycil import checks
     from cim_plugin.config import ConfigError
     from cim_plugin.datasets import DatasetLayoutError
-    from cim_plugin.pycil import PyCILMissing
+    from cim_plugin.pycil import PyCILMissing, checks
 
     # SIGTERM -> SystemExit, so the run in progress is terminated with the benchmark (no orphan)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import requires_pycil
 from PIL import Image
 
-from conftest import requires_pycil
 
 @pytest.fixture(scope="module")
 def pycil():
@@ -27,8 +27,8 @@ def _dernet(inc_net, phases=2, classes=3):
 
 @requires_pycil
 def test_dernet_cam_is_the_sum_of_per_backbone_cams(pycil):
-    from cim_plugin.pycil.network import fmaps_and_features
     from cim_plugin.method.masks.cam import cam_from_feature_maps, minmax_normalize
+    from cim_plugin.pycil.network import fmaps_and_features
 
     net = _dernet(pycil)
     x = torch.randn(4, 3, 32, 32)
@@ -60,8 +60,8 @@ def test_fmap_view_gives_the_networks_logits(pycil):
 
 @requires_pycil
 def test_cim_branch_grows_with_a_new_backbone(pycil):
-    from cim_plugin.pycil.network import FmapView
     from cim_plugin.method.masks.cim_branch import CIMBranch
+    from cim_plugin.pycil.network import FmapView
 
     x = torch.randn(2, 3, 32, 32)
     branch = CIMBranch()
@@ -71,8 +71,9 @@ def test_cim_branch_grows_with_a_new_backbone(pycil):
 
 
 def test_pipeline_batched_input_equals_pycil_test_transform():
-    from cim_plugin.pycil.data import ImagePipeline
     from torchvision import transforms
+
+    from cim_plugin.pycil.data import ImagePipeline
 
     class DM:
         use_path = False
@@ -90,8 +91,8 @@ def test_pipeline_batched_input_equals_pycil_test_transform():
 
 @requires_pycil
 def test_learners_without_memory_are_detected(pycil):
-    from cim_plugin.pycil.mixin import keeps_memory
     from cim_plugin.pycil import learner_class
+    from cim_plugin.pycil.mixin import keeps_memory
 
     assert keeps_memory(learner_class("icarl")) and keeps_memory(learner_class("der"))
     assert keeps_memory(learner_class("foster"))
@@ -99,10 +100,11 @@ def test_learners_without_memory_are_detected(pycil):
 
 
 def test_compression_augmentation_replaces_images_by_their_compressed_version():
+    from torchvision import transforms
+
+    from cim_plugin.method.codec.raw import compress
     from cim_plugin.method.data import CompressAugmentDataset
     from cim_plugin.pycil.data import ImagePipeline
-    from cim_plugin.method.codec.raw import compress
-    from torchvision import transforms
 
     class DM:
         use_path = False
@@ -136,8 +138,8 @@ def test_unusable_learned_cams_fall_back_to_the_cil_models_cams_only_where_neede
     images take the CIL model's CAM (and boxes equal those of the mixed CAMs)."""
     from types import SimpleNamespace
 
-    from cim_plugin.method.masks.boxes import cam_to_boxes
     from cim_plugin.method.cim import CIM
+    from cim_plugin.method.masks.boxes import cam_to_boxes
 
     torch.manual_seed(0)
     n, H, W = 6, 16, 16

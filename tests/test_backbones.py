@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, requires_pycil, tiny_config
 
 pytestmark = requires_pycil

@@ -11,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, requires_pycil, tiny_config, write_config
 
 from cim_plugin import bench
-from cim_plugin.bench import execute, panels as bench_panels, report, sizes, stats, tables
+from cim_plugin.bench import execute, report, sizes, stats, tables
+from cim_plugin.bench import panels as bench_panels
 from cim_plugin.config import ConfigError
-from cim_plugin.pycil import checks as pycil_checks
 from cim_plugin.method.memory import CompressedMemory
+from cim_plugin.pycil import checks as pycil_checks
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -495,7 +495,6 @@ def test_interrupted_parallel_benchmark_stops_its_runs(tmp_path, monkeypatch):
                 execute._LIVE.discard(proc)
 
     specs = [bench.RunSpec("c", "baseline", k, {"seed": [k]}, tmp_path / f"run_{k}") for k in range(5)]
-    import os
     import signal
     import threading
     import time as _time

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import REPO, load_exps_script, requires_pycil, run_cli, tiny_config, write_config
 
 

@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from cim_plugin.method.masks.boxes import (box_area_fraction, box_iou, boxes_to_masks, cam_to_boxes, center_boxes,
-                              masks_to_boxes, random_boxes)
+from cim_plugin.method.masks.boxes import (
+    box_area_fraction,
+    box_iou,
+    boxes_to_masks,
+    cam_to_boxes,
+    center_boxes,
+    masks_to_boxes,
+    random_boxes,
+)
 
 
 def test_masks_to_boxes_tightest_and_roundtrip():

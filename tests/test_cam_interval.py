@@ -8,10 +8,10 @@ import json
 import logging
 
 import pytest
+from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
 
 from cim_plugin.method.cim import CIM
 from cim_plugin.method.schedule import scaled_cam_interval
-from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
 
 
 @pytest.mark.parametrize("interval,epochs,expected", [

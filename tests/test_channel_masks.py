@@ -4,9 +4,11 @@ import copy
 
 import pytest
 import torch
+from conftest import requires_pycil
 from torch import nn
 from torch.nn import functional as F
 
+from cim_plugin.config import ConfigError
 from cim_plugin.pycil.learners.der_p.channel_masks import (
     ChannelMasks,
     anneal_scale,
@@ -16,8 +18,6 @@ from cim_plugin.pycil.learners.der_p.channel_masks import (
     remove_channel_masks,
     sparsity_loss,
 )
-from cim_plugin.config import ConfigError
-from conftest import requires_pycil
 
 
 class Chain(nn.Module):
@@ -161,7 +161,7 @@ def test_sparsity_loss_value_and_gradient():
 
 def test_masks_train_through_network_parameters_and_survive_deepcopy():
     net = Chain()
-    masks = attach_channel_masks(net, (2, 3, 8, 8))
+    attach_channel_masks(net, (2, 3, 8, 8))
     names = [n for n, _ in net.named_parameters()]
     assert "channel_masks.logits.0" in names and "channel_masks.logits.1" in names
     x = torch.randn(2, 3, 8, 8)

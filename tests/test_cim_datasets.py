@@ -10,7 +10,6 @@ they use resnet18 (ImageNet stem, as PyCIL's ImageNet configs), 2 training and 1
 import json
 
 import pytest
-
 from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
 from generated_data import cifar_tree, food_tree, imagenet_tree, tiny_tree
 

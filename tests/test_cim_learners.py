@@ -2,7 +2,6 @@
 refused with the specific reason it cannot work."""
 
 import pytest
-
 from conftest import requires_pycil, tiny_config
 
 from cim_plugin.pycil import learners

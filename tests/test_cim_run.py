@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import requires_pycil, run_cli, tiny_learner_config, write_config
 
 pytestmark = requires_pycil

@@ -8,7 +8,6 @@ from contextlib import redirect_stderr
 
 import pytest
 import torch
-
 from conftest import REPO, requires_pycil, run_cli, tiny_config, write_config
 
 

@@ -2,9 +2,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cim_plugin.method.codec.raw import (
+    box_nbytes,
+    compress,
+    decode,
+    degrade,
+    downsample,
+    encode,
+    exemplar_cost,
+    exemplar_nbytes,
+    frame_from_lowres,
+    frame_mask,
+    frame_npixels,
+    lowres_hole,
+    lowres_size,
+    upsample,
+)
 from cim_plugin.method.masks.boxes import boxes_to_masks, center_boxes, random_boxes
-from cim_plugin.method.codec.raw import (box_nbytes, compress, decode, degrade, downsample, encode, exemplar_cost, exemplar_nbytes,
-                              frame_from_lowres, frame_mask, frame_npixels, lowres_hole, lowres_size, upsample)
 
 
 def _images(b, h, w, seed=0):

@@ -6,16 +6,21 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from generated_data import cifar_tree, food_tree, imagenet_tree, save_image, tiny_tree
 from PIL import Image
 from torchvision import transforms
-
-from generated_data import cifar_tree, food_tree, imagenet_tree, save_image, tiny_tree
 
 from cim_plugin.datasets import DATASETS, DatasetLayoutError, build_idata, dataset_names
 from cim_plugin.datasets.cifar import CIFAR100Folder
 from cim_plugin.datasets.folders import Food101, ImageNet100, TinyImageNet
-from cim_plugin.datasets.synthetic import (SCALE_GROUPS, SyntheticShapes, class_specs, make_split, max_classes,
-                                           render_objects)
+from cim_plugin.datasets.synthetic import (
+    SCALE_GROUPS,
+    SyntheticShapes,
+    class_specs,
+    make_split,
+    max_classes,
+    render_objects,
+)
 
 SMALL = {"synthetic_image_size": 32, "synthetic_num_classes": 6, "synthetic_train_per_class": 3,
          "synthetic_test_per_class": 2, "synthetic_seed": 0}

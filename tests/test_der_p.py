@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import requires_pycil, run_cli, tiny_config, write_config
 
 from cim_plugin.config import ConfigError
-from conftest import requires_pycil, run_cli, tiny_config, write_config
 
 pytestmark = requires_pycil
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cim_plugin.pycil import import_pycil
 from conftest import REPO, requires_pycil, tiny_learner_config
 from generated_data import cifar_tree
+
+from cim_plugin.pycil import import_pycil
 
 pytestmark = requires_pycil
 

@@ -15,12 +15,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import requires_pycil, tiny_learner_config
 
-from cim_plugin.pycil import learners
 from cim_plugin.method.masks.bilevel import meta_step
 from cim_plugin.method.masks.cim_branch import CIMBranch
+from cim_plugin.pycil import learners
 
 
 # ----------------------------------------------------------------------------- inner losses, by hand
@@ -97,9 +96,10 @@ class _HeadNet(nn.Module):
 
 
 def test_inner_step_leaves_the_classifier_heads_as_they_are():
+    import functools
+
     from cim_plugin.method.masks.bilevel import cam_mask_fn
     from cim_plugin.method.network import is_fast_weight
-    import functools
 
     torch.manual_seed(0)
     net = _HeadNet()

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cim_plugin.bench import figures, panels as bench_panels, report
+from cim_plugin.bench import figures, report
+from cim_plugin.bench import panels as bench_panels
 
 
 def test_phase_ticks_are_the_classes_seen_after_each_phase():

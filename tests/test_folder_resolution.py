@@ -8,11 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torchvision import transforms
-
 from conftest import REPO, requires_pycil, run_cli, tiny_learner_config, write_config
 from generated_data import food_tree, imagenet_tree, save_image, tiny_tree
+from PIL import Image
+from torchvision import transforms
 
 from cim_plugin.datasets import DatasetLayoutError, build_idata
 from cim_plugin.datasets import resolution as resolution_module

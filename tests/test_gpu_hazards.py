@@ -13,24 +13,24 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, requires_pycil, tiny_config
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchvision.transforms import PILToTensor
 
 import cim_plugin.method.codec.jpeg as jpeg_module
+import cim_plugin.method.masks.pau as pau_module
 import cim_plugin.method.memory.jpeg as jpeg_memory_module
 import cim_plugin.method.memory.raw as memory_module
-import cim_plugin.method.masks.pau as pau_module
 from cim_plugin.config import ConfigError
 from cim_plugin.method.cim import CIM
-from cim_plugin.method.masks.cim_branch import CIMBranch
 from cim_plugin.method.data import ExemplarDataset
+from cim_plugin.method.masks.cim_branch import CIMBranch
 from cim_plugin.method.memory.jpeg import JpegMemory
 from cim_plugin.pycil import checkpoint, distributed
 from cim_plugin.pycil.host import resolve_devices
 from cim_plugin.pycil.learners.der_p.pruning import output_difference_and_scale
-from conftest import REPO, requires_pycil, tiny_config
 
 H = W = 32
 JPEG = {"exemplar_codec": "jpeg", "jpeg_quality": 70}

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, requires_pycil, tiny_config, write_config
 
 SUBMODULE = REPO / "third_party" / "PyCIL"

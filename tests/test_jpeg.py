@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_pycil, tiny_config
 
 from cim_plugin.config import ConfigError, validate_cim_keys, with_defaults
+from cim_plugin.method.codec.jpeg import encode_streams, join_streams, split_streams, table_header
 from cim_plugin.method.codec.raw import downsample, lowres_size, upsample
 from cim_plugin.method.herding import herding_order
-from cim_plugin.method.codec.jpeg import encode_streams, join_streams, split_streams, table_header
+from cim_plugin.method.memory import CompressedMemory, load_memory, make_memory, memory_from_state
 from cim_plugin.method.memory.jpeg import JpegMemory
-from cim_plugin.method.memory import CompressedMemory
-from cim_plugin.method.memory import load_memory, make_memory, memory_from_state
-from conftest import requires_pycil, tiny_config
 
 H = W = 32
 
@@ -382,8 +381,9 @@ def test_benchmark_gives_one_variant_per_mask_mode_and_codec():
 
 
 def test_the_summary_table_shows_the_codec(tmp_path):
-    from cim_plugin.bench import report
     from test_benchmark import fake_results, read_csv
+
+    from cim_plugin.bench import report
 
     fake_results(tmp_path / "x" / "baseline" / "seed_1", seed=1)
     fake_results(tmp_path / "x" / "cim-full" / "seed_1", seed=1, cim=True,
@@ -474,11 +474,11 @@ def test_compression_augmentation_trains_on_what_the_jpeg_memory_replays(mask, q
     """With "exemplar_codec": "jpeg" a compression-augmented new-class image is the image as the JPEG memory
     would replay it (box crop and low-res frame through JPEG at the run's quality), not the raw codec's;
     mask mode "full" (MRDC) and "auto" before its first memory keep the raw codec's (an identity for "full")."""
+    import numpy as np
+
     from cim_plugin.method.cim import CIM
     from cim_plugin.method.codec.raw import compress
     from cim_plugin.method.data import StoredImages
-
-    import numpy as np
 
     images = _smooth(4, size=32)
 
@@ -510,10 +510,10 @@ def test_codec_augment_prob_compresses_new_images_from_the_first_epoch_with_the_
     """"codec_augment_prob" p: before any box refresh (boxes None, prob 0 in the official schedule) a new-class
     image is already passed through the memory's JPEG with probability p, with a whole-image box; for mask mode
     "full" (MRDC) too. The default 0 leaves the official schedule: nothing is compressed before the first refresh."""
+    import numpy as np
+
     from cim_plugin.method.cim import CIM
     from cim_plugin.method.data import StoredImages, to_pil
-
-    import numpy as np
 
     n = 64
     images = _smooth(n, size=32)

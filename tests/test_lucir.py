@@ -8,11 +8,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO, requires_pycil, tiny_config
 
-from cim_plugin.pycil.learners.lucir.losses import (cosine_scores, less_forget_lambda, less_forget_loss, lucir_loss,
-                                           margin_ranking_loss)
+from cim_plugin.pycil.learners.lucir.losses import (
+    cosine_scores,
+    less_forget_lambda,
+    less_forget_loss,
+    lucir_loss,
+    margin_ranking_loss,
+)
 
 
 def test_less_forget_by_hand():

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from cim_plugin.method.masks.boxes import random_boxes
 from cim_plugin.method.codec.raw import compress, downsample, exemplar_nbytes, frame_npixels
 from cim_plugin.method.herding import herding_order
+from cim_plugin.method.masks.boxes import random_boxes
 from cim_plugin.method.memory import BudgetExceededError, CompressedMemory
 
 
@@ -265,8 +265,8 @@ def test_load_version1_state_converts_to_frames():
     # the previous layout: full low-res image (CHW) of every exemplar, then all crops
     state = mem.state_dict()
     lows = [downsample(data[c], 4.0).reshape(8, -1) for c in range(2)]
-    low_all = torch.cat([l.reshape(-1) for l in lows])
-    low_len = torch.tensor([l.shape[1] for l in lows]).repeat_interleave(8)
+    low_all = torch.cat([low.reshape(-1) for low in lows])
+    low_len = torch.tensor([low.shape[1] for low in lows]).repeat_interleave(8)
     crops = torch.cat([state["payload"][o:o + 3 * int(a)] for o, a in
                        zip(state["crop_off"].tolist(),
                            ((mem.boxes[:, 2] - mem.boxes[:, 0]) * (mem.boxes[:, 3] - mem.boxes[:, 1])).tolist())])

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, load_exps_script, requires_pycil, tiny_config, write_config
 
 

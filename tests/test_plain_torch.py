@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import REPO
 
 EXAMPLE = REPO / "examples" / "plain_torch.py"

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from conftest import requires_pycil
+from test_channel_masks import Chain
 from torch import nn
-from torch.nn import functional as F
 
 from cim_plugin.pycil.learners.der_p.channel_masks import attach_channel_masks
 from cim_plugin.pycil.learners.der_p.pruning import (
@@ -14,8 +15,6 @@ from cim_plugin.pycil.learners.der_p.pruning import (
     prune_conv_bn,
     prune_masked,
 )
-from conftest import requires_pycil
-from test_channel_masks import Chain
 
 
 def _randomise(net, seed=0, keep_fraction=0.5):

@@ -5,9 +5,9 @@ import json
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_bilevel import _setup, _step
 
 from cim_plugin.method.replicas import Replicas, digest
-from test_bilevel import _setup, _step
 
 
 def test_share_takes_every_world_th_item_or_all_when_too_few():

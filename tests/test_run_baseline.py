@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, requires_pycil, run_cli, tiny_config, write_config
 
 pytestmark = requires_pycil

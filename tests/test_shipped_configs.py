@@ -6,7 +6,6 @@ not an hour into a benchmark."""
 from pathlib import Path
 
 import pytest
-
 from conftest import requires_pycil
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from .base import DatasetLayoutError, IData
 from .cifar import CIFAR100Folder
-from .folders import (Food101, ImageFolder, Imagenette, ImageNet100, ImageNet1000, Imagewoof,
-                      MiniImageNet, TinyImageNet)
+from .folders import Food101, ImageFolder, ImageNet100, ImageNet1000, Imagenette, Imagewoof, MiniImageNet, TinyImageNet
 from .synthetic import SyntheticShapes
 
 __all__ = ["DATASETS", "DatasetLayoutError", "IData", "build_idata", "dataset_names"]

@@ -62,7 +62,8 @@ class CIFAR100Folder(_RootedIData):
             reason = "downloading is off"
             if self.download:
                 try:
-                    from torchvision.datasets import CIFAR100  # only to download: torchvision.datasets is slow to import
+                    # only to download: torchvision.datasets is slow to import
+                    from torchvision.datasets import CIFAR100
 
                     CIFAR100(root=self.data_root, train=True, download=True)
                     reason = ""

@@ -23,8 +23,7 @@ import numpy as np
 from torchvision import transforms
 
 from .base import DatasetLayoutError, IData, require_data_root
-from .resolution import (RESOLUTION_KEYS, decode_at, keep_first_per_class, resolution_options,
-                         set_resolution_transforms)
+from .resolution import RESOLUTION_KEYS, decode_at, keep_first_per_class, resolution_options, set_resolution_transforms
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageNet100", "ImageNet1000", "ImageFolder", "Imagenette", "Imagewoof",
            "MiniImageNet", "Food101", "TinyImageNet"]

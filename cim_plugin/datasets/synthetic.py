@@ -15,7 +15,7 @@ with numpy's PCG64 generator, and rendered batch-wise on coordinate grids (no pe
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from torchvision import transforms

@@ -14,9 +14,18 @@ from .cim import CIM, CIM_KEYS, BudgetTooSmall
 from .data import StoredImages, TensorImages
 from .defaults import CIM_DEFAULTS
 from .herding import herding_order
-from .masks import CIMBranch, PAU, cam_from_feature_maps, cam_to_boxes, meta_step
-from .memory import (BudgetExceededError, Codec, CompressedMemory, JpegMemory, codec_names, get_codec, load_memory,
-                     make_memory, memory_from_state)
+from .masks import PAU, CIMBranch, cam_from_feature_maps, cam_to_boxes, meta_step
+from .memory import (
+                     BudgetExceededError,
+                     Codec,
+                     CompressedMemory,
+                     JpegMemory,
+                     codec_names,
+                     get_codec,
+                     load_memory,
+                     make_memory,
+                     memory_from_state,
+)
 from .network import GapClassifierView
 from .replicas import Replicas
 

@@ -27,8 +27,16 @@ from .codec import degrade
 from .data import CompressAugmentDataset, Concat, ExemplarDataset
 from .defaults import CIM_DEFAULTS
 from .herding import herding_order
-from .masks import (CIMBranch, box_area_fraction, cam_from_feature_maps, cam_to_boxes, center_boxes, count_relu_sites,
-                    meta_step, random_boxes)
+from .masks import (
+    CIMBranch,
+    box_area_fraction,
+    cam_from_feature_maps,
+    cam_to_boxes,
+    center_boxes,
+    count_relu_sites,
+    meta_step,
+    random_boxes,
+)
 from .memory import CompressedMemory, augment_compressor, decoding_on, get_codec, make_memory, memory_from_state
 from .memory.records import class_means, exemplar_record, phase_report
 from .network import cam_of_output, copy_block, default_logits, default_to_input, evaluating, is_fast_weight

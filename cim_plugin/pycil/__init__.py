@@ -7,8 +7,17 @@ Importing this package does not import PyCIL; :func:`import_pycil` does.
 """
 
 from .constants import check_constant_overrides, learner_modules, module_constants, overridden
-from .host import (SUBMODULE_FIX, LEARNERS, PyCILMissing, import_pycil, learner_class, patched, pycil_available,
-                   pycil_dir, resolve_devices)
+from .host import (
+                   LEARNERS,
+                   SUBMODULE_FIX,
+                   PyCILMissing,
+                   import_pycil,
+                   learner_class,
+                   patched,
+                   pycil_available,
+                   pycil_dir,
+                   resolve_devices,
+)
 from .learners import REFUSED, SUPPORTED, LearnerSpec, learner_spec, register
 
 __all__ = ["SUBMODULE_FIX", "PyCILMissing", "pycil_dir", "pycil_available", "import_pycil", "LEARNERS",

@@ -10,7 +10,6 @@ from typing import Any, Dict
 
 import numpy as np
 
-from . import distributed
 from ..config import (
     CIM_DEFAULTS,
     RUNNER_KEYS,
@@ -24,6 +23,7 @@ from ..config import (
     with_defaults,
 )
 from ..datasets import DATASETS, DatasetLayoutError, build_idata, dataset_names
+from . import distributed
 from .constants import check_constant_overrides, learner_modules, module_constants
 from .host import PYCIL_DATASETS, check_convnet_type, import_pycil, learner_class, pycil_arg_keys, resolve_devices
 from .learners import check_cim_support

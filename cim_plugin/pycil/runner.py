@@ -17,12 +17,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import checkpoint, distributed, summary
 from .. import metrics
 from ..bench.report import write_run_figures
 from ..config import ConfigError
 from ..io import write_json
 from ..platform_info import numerics_key, platform_info
+from . import checkpoint, distributed, summary
 from .budget import bytes_per_image, check_budget_fits, memory_budget_bytes, memory_report  # noqa: F401
 from .host import import_pycil, learner_class, patched
 from .mixin import cim_learner_class

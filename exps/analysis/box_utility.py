@@ -37,10 +37,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cim_plugin.datasets import build_idata  # noqa: E402
-from cim_plugin.method.masks.boxes import (box_area_fraction, cam_to_boxes, same_size_center_boxes,  # noqa: E402
-                                     same_size_random_boxes)
-from cim_plugin.method.masks.cam import cam_from_feature_maps  # noqa: E402
 from cim_plugin.method.codec.raw import compress  # noqa: E402
+from cim_plugin.method.masks.boxes import (  # noqa: E402
+    box_area_fraction,
+    cam_to_boxes,
+    same_size_center_boxes,
+    same_size_random_boxes,
+)
+from cim_plugin.method.masks.cam import cam_from_feature_maps  # noqa: E402
 from cim_plugin.pycil import checkpoint, import_pycil  # noqa: E402
 from cim_plugin.pycil.network import FmapView  # noqa: E402
 

@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cim_plugin.bench import sizes  # noqa: E402
-from cim_plugin.method.codec.raw import downsample, upsample  # noqa: E402
 from cim_plugin.method.codec.jpeg import decode_streams, encode_streams  # noqa: E402
+from cim_plugin.method.codec.raw import downsample, upsample  # noqa: E402
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:

@@ -32,15 +32,17 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from cim_plugin.pycil import checkpoint  # noqa: E402
-from cim_plugin.pycil.network import FmapView  # noqa: E402
 from cim_plugin.bench import box_ious  # noqa: E402
+from cim_plugin.datasets import build_idata  # noqa: E402
 from cim_plugin.method.masks.boxes import cam_to_boxes  # noqa: E402
 from cim_plugin.method.masks.cam import raw_cam  # noqa: E402
 from cim_plugin.method.masks.cim_branch import CIMBranch  # noqa: E402
-from cim_plugin.datasets import build_idata  # noqa: E402
 from cim_plugin.method.masks.pau import PAU  # noqa: E402
-from cim_plugin.pycil import import_pycil  # noqa: E402
+from cim_plugin.pycil import (
+    checkpoint,  # noqa: E402
+    import_pycil,  # noqa: E402
+)
+from cim_plugin.pycil.network import FmapView  # noqa: E402
 
 
 def normalise(cam: torch.Tensor, how: str) -> torch.Tensor:

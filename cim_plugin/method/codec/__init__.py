@@ -3,8 +3,23 @@ crop of a box, :mod:`.raw`) and JPEG streams with their tables held once (:mod:`
 store exemplars with them, and the codec registry, are in :mod:`cim_plugin.method.memory`."""
 
 from .jpeg import check_quality, decode_streams, encode_streams, header_of, join_streams, split_streams, table_header
-from .raw import (BOX_NBYTES, box_nbytes, compress, decode, degrade, downsample, encode, exemplar_cost, exemplar_nbytes,
-                  frame_from_lowres, frame_mask, frame_npixels, lowres_hole, lowres_size, upsample)
+from .raw import (
+                  BOX_NBYTES,
+                  box_nbytes,
+                  compress,
+                  decode,
+                  degrade,
+                  downsample,
+                  encode,
+                  exemplar_cost,
+                  exemplar_nbytes,
+                  frame_from_lowres,
+                  frame_mask,
+                  frame_npixels,
+                  lowres_hole,
+                  lowres_size,
+                  upsample,
+)
 
 __all__ = [
     "lowres_size", "downsample", "upsample", "degrade", "encode", "decode", "compress",

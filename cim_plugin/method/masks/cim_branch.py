@@ -15,7 +15,7 @@ never an ``nn.DataParallel`` (its replicas run in other threads and would bypass
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn as nn

@@ -10,10 +10,19 @@
   older code wrote (``legacy.py``).
 """
 
-from .raw import BudgetExceededError, CompressedMemory  # registers the "raw" codec
 from .jpeg import JpegMemory, choose_quality  # registers the "jpeg" codec
-from .registry import (Codec, augment_compressor, codec_names, decoding_on, get_codec, load_memory, make_memory,
-                       memory_from_state, register)
+from .raw import BudgetExceededError, CompressedMemory  # registers the "raw" codec
+from .registry import (
+                       Codec,
+                       augment_compressor,
+                       codec_names,
+                       decoding_on,
+                       get_codec,
+                       load_memory,
+                       make_memory,
+                       memory_from_state,
+                       register,
+)
 
 __all__ = [
     "CompressedMemory", "JpegMemory", "BudgetExceededError",

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .raw import CompressedMemory
 from ..timing import codec_seconds
+from .raw import CompressedMemory
 
 __all__ = ["exemplar_record", "class_means", "phase_report"]
 

@@ -13,10 +13,18 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 # Each file registers its learner when imported; this order is the order messages list them in.
-from . import icarl, der, foster, wa, replay, der_p, lucir, bic, memo, refused  # noqa: F401
+from . import bic, der, der_p, foster, icarl, lucir, memo, refused, replay, wa  # noqa: F401
 from .losses import InnerLoss, ce_loss, der_aux_targets, kd_loss
-from .registry import (DEFAULT_EPOCH_KEYS, LearnerSpec, check_cim_support, inner_loss_for, learner_spec, refusal,
-                       register, registered)
+from .registry import (
+                       DEFAULT_EPOCH_KEYS,
+                       LearnerSpec,
+                       check_cim_support,
+                       inner_loss_for,
+                       learner_spec,
+                       refusal,
+                       register,
+                       registered,
+)
 
 __all__ = ["LearnerSpec", "register", "learner_spec", "registered", "refusal", "check_cim_support",
            "inner_loss_for", "InnerLoss", "ce_loss", "kd_loss", "der_aux_targets",

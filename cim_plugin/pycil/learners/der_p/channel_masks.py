@@ -20,7 +20,7 @@ Independent of PyCIL: works on any nn.Module built of Conv2d -> BatchNorm2d pair
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
