@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..io import atomic_write_text
+from ..method.memory import get_codec
 from .layout import BASELINE, read_results
 from .stats import fmt, human_bytes, mean_std
 
@@ -146,8 +147,9 @@ def results_table(rows: List[Dict[str, Any]]) -> List[str]:
 
 
 def _codec(row: Dict[str, Any]) -> str:
-    """How the variant stores exemplars: "raw" or "jpeg q<quality>"."""
-    return row["codec"] if row["codec"] != "jpeg" else f"jpeg q{row.get('jpeg_quality', '?')}"
+    """How the variant stores exemplars: the codec's name, with its quality if it has a knob ("jpeg q75")."""
+    codec = get_codec(row["codec"])
+    return codec.name if not codec.has_quality else f"{codec.name} q{row.get(codec.quality_key, '?')}"
 
 
 def _signed(mean: float, std: float) -> str:

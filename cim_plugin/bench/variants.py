@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence
 
 from ..config import CIM_MASK_MODES, EXEMPLAR_CODECS, ConfigError
+from ..method.memory import get_codec
 from .layout import BASELINE
 
 __all__ = ["variants_for"]
@@ -15,7 +16,7 @@ def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = N
                  codecs: Optional[Sequence[str]] = None, baseline_only: bool = False,
                  no_baseline: bool = False) -> Dict[str, Dict[str, Any]]:
     """Variant name -> the keys it sets: baseline, then "cim" or one "cim-<mode>" per mask mode, each once
-    per exemplar codec of ``codecs`` ("-jpeg" appended to the name of a JPEG variant: "cim-full-jpeg").
+    per exemplar codec of ``codecs`` (the codec's ``variant_suffix`` appended: "cim-full-jpeg").
 
     ``mask_modes`` (from the command) wins over the config's "cim_mask"; without either the
     single CIM variant "cim" uses the default mask mode. ``codecs`` wins over "exemplar_codec".
@@ -39,7 +40,7 @@ def variants_for(config: Dict[str, Any], mask_modes: Optional[Sequence[str]] = N
                 raise ConfigError(f"unknown exemplar codec {codec!r}; valid codecs: {list(EXEMPLAR_CODECS)}")
             keys = {"cim": True, **({} if mode is None else {"cim_mask": mode}),
                     **({} if codec is None else {"exemplar_codec": codec})}
-            out[("cim" if mode is None else f"cim-{mode}") + ("-jpeg" if codec == "jpeg" else "")] = keys
+            out[("cim" if mode is None else f"cim-{mode}") + ("" if codec is None else get_codec(codec).variant_suffix)] = keys
     if no_baseline and len(out) < 2:
         raise ConfigError("--no-baseline leaves one CIM variant and nothing to compare it with; give two or more, "
                           "e.g. --mask-modes cim full --codecs jpeg")
