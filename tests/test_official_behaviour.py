@@ -1,4 +1,4 @@
-"""CIM's bilevel step and memory as the official code does them (issue 10, items 1-7).
+"""CIM's bilevel step and memory as the official code does them.
 
 Unit tests pin the pieces (inner loss of each learner against a hand computation, fast weights without
 the classifier heads, PAU block copy); in-process runs of iCaRL, DER and FOSTER with spies check that the
