@@ -23,6 +23,28 @@ PYCIL_MISSING_REASON = (
 requires_pycil = pytest.mark.skipif(not pycil_available(), reason=PYCIL_MISSING_REASON)
 
 
+# Test files whose tests run whole CIL experiments (PyCIL learners in subprocesses or in-process, the benchmark,
+# torchrun): marked "slow". `pytest -m "not slow"` runs the rest (the method, configs, reports, docs) in a few
+# minutes; CI runs everything.
+SLOW_MODULES = {
+    "test_backbones", "test_bench_command", "test_benchmark_join", "test_box_utility", "test_cam_interval",
+    "test_cim_datasets", "test_cim_learners", "test_cim_run", "test_cli_errors", "test_demo", "test_der_p",
+    "test_distributed", "test_folder_resolution", "test_gpu_hazards", "test_install", "test_lucir",
+    "test_mask_growth", "test_official_behaviour", "test_old_class_look", "test_resume", "test_run_baseline",
+    "test_shipped_configs", "test_summary",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs whole CIL experiments (deselect with -m 'not slow')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header(config):
     if not pycil_available():
         return ["!" * 78, PYCIL_MISSING_REASON, "!" * 78]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from conftest import REPO
-from test_benchmark import fake_results
+from test_bench_command import fake_results
 
 from cim_plugin import bench
 from cim_plugin.bench import report
@@ -121,7 +121,7 @@ def test_baseline_only_runs_no_cim_and_every_arm_is_compared_with_the_joined_ref
     """`--baseline-only` plans and runs the baseline alone; joined beside a full benchmark of the same learner,
     the report compares each of that benchmark's arms with the reference run by run (e.g. CIM against the
     learner with twice the memory), with the reference as b."""
-    from test_benchmark import FakeRunner
+    from test_bench_command import FakeRunner
     config = tmp_path / "a_m2.json"
     config.write_text(json.dumps(dict(CFG, memory_size=120)))
     runner, out = FakeRunner(), tmp_path / "ref"
@@ -152,7 +152,7 @@ def test_no_baseline_runs_the_cim_variants_alone_and_compares_them_with_each_oth
     """`--no-baseline` (a budget under one full image per class): only the CIM variants run, the report has no
     baseline row and no gain over one, and the variants are compared with each other run by run; one variant
     alone, or both flags, are refused before anything runs."""
-    from test_benchmark import fake_results
+    from test_bench_command import fake_results
     aia = {("cim-cim-jpeg", 1): 60.0, ("cim-cim-jpeg", 2): 55.0, ("cim-full-jpeg", 1): 57.0,
            ("cim-full-jpeg", 2): 54.0}
     calls = []

@@ -381,7 +381,7 @@ def test_benchmark_gives_one_variant_per_mask_mode_and_codec():
 
 
 def test_the_summary_table_shows_the_codec(tmp_path):
-    from test_benchmark import fake_results, read_csv
+    from test_bench_command import fake_results, read_csv
 
     from cim_plugin.bench import report
 
