@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import requires_pycil
+from conftest import requires_pycil, tiny_config
 from PIL import Image
 
 
@@ -250,3 +250,27 @@ def test_a_checkpoint_from_before_the_cim_object_resumes_into_it():
     cim = learner._cim
     assert cim.memory is memory and cim.branch_task == 3 and cim.generator is generator and cim.image_bytes == 12
     assert list(cim.sources) == [0] and not any(k.startswith("_cim_memory") for k in vars(learner))
+
+
+@pytest.mark.parametrize("name", ["simplecil", "aper_finetune", "coil", "beefiso"])
+def test_learners_that_call_cuda_are_refused_on_the_cpu_with_the_reason(name):
+    """PyCIL's bare .cuda() calls would stop these learners mid-run on a CPU: refused before any data, with
+    the line that needs the GPU; the same learner on a GPU device list passes this check."""
+    from cim_plugin.config import ConfigError
+    from cim_plugin.pycil.host import NEEDS_CUDA, check_runnable
+
+    with pytest.raises(ConfigError, match=r'needs a CUDA GPU.*"device": \["0"\]') as err:
+        check_runnable(name, (32, 32), ["cpu"])
+    assert NEEDS_CUDA[name] in str(err.value)
+    check_runnable(name, (32, 32), ["cuda:0"])
+    check_runnable(name, (32, 32), None)
+
+
+@requires_pycil
+def test_a_cpu_run_of_simplecil_stops_before_training():
+    from cim_plugin.config import ConfigError
+    from cim_plugin.pycil.host import patched
+
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        with patched(tiny_config(model_name="simplecil")):
+            pass

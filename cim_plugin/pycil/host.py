@@ -31,7 +31,7 @@ from .learners import PLUGIN_LEARNERS
 __all__ = ["SUBMODULE_FIX", "PINNED_COMMIT", "PyCILMissing", "pycil_dir", "pycil_available", "import_pycil",
            "LEARNERS", "PYCIL_DATASETS", "learner_class", "convnet_names", "check_convnet_type", "pycil_arg_keys",
            "resolve_devices", "STEM_BY_NAME_NETS", "stem_dataset_name", "UNRUNNABLE", "ONLY_32PX",
-           "check_runnable", "patched"]
+           "check_runnable", "NEEDS_CUDA", "patched"]
 
 SUBMODULE_FIX = "git submodule update --init third_party/PyCIL"
 PINNED_COMMIT = "87cc411"  # third_party/PyCIL, the PyCIL the plug-in is checked against
@@ -275,13 +275,30 @@ ONLY_32PX: Dict[str, str] = {
             "other image size fails in its loss (batch size mismatch)",
 }
 
+# Learners whose pinned PyCIL code moves tensors with a bare .cuda(), so they stop on a machine without CUDA.
+NEEDS_CUDA: Dict[str, str] = {
+    "simplecil": "models/simplecil.py moves every batch to the GPU with data.cuda() when it builds its prototypes",
+    "aper_finetune": "models/aper_finetune.py moves every batch to the GPU with data.cuda() when it builds its "
+                     "prototypes",
+    "coil": "models/coil.py builds its transport plan with torch.tensor(T).float().cuda()",
+    "beefiso": "models/beef_iso.py makes its zero losses with torch.tensor(0.).cuda()",
+}
 
-def check_runnable(model_name: str, image_size=(32, 32)) -> None:
+
+def _on_cpu_only(devices) -> bool:
+    return devices is not None and all(str(d).lower().startswith("cpu") for d in devices)
+
+
+def check_runnable(model_name: str, image_size=(32, 32), devices=None) -> None:
     """ConfigError with the reason and the fix when the pinned PyCIL cannot run ``model_name`` on images of
-    ``image_size`` (H, W; None: images that vary in size)."""
+    ``image_size`` (H, W; None: images that vary in size) on ``devices`` (the config's "device" list; None:
+    not checked)."""
     name = str(model_name).lower()
     if name in UNRUNNABLE:
         raise ConfigError(f'learner "{name}" is refused: {UNRUNNABLE[name]}; choose another "model_name"')
+    if name in NEEDS_CUDA and _on_cpu_only(devices):
+        raise ConfigError(f'learner "{name}" needs a CUDA GPU: the pinned PyCIL\'s {NEEDS_CUDA[name]}; '
+                          f'run it with "device": ["0"] on a machine with a GPU, or choose another "model_name"')
     if name in ONLY_32PX and (image_size is None or tuple(image_size) != (32, 32)):
         shown = "images of varying size" if image_size is None else f"{image_size[0]}x{image_size[1]} images"
         raise ConfigError(f'learner "{name}" needs 32x32 images but the dataset has {shown}: {ONLY_32PX[name]}; '
@@ -303,7 +320,7 @@ def patched(config: Dict[str, Any], idata_hook=None) -> Iterator[Dict[str, Any]]
     import_pycil()
     # PyCIL's own datasets (no "_image_size"): CIFAR is 32x32, its ImageNets vary in size
     own_size = (32, 32) if "cifar" in str(config.get("dataset", "")).lower() else None
-    check_runnable(config["model_name"], config.get("_image_size", own_size))
+    check_runnable(config["model_name"], config.get("_image_size", own_size), config.get("device"))
     modules = learner_modules(learner_class(config["model_name"]))
     data_manager = importlib.import_module("utils.data_manager")
     inc_net = importlib.import_module("utils.inc_net")
