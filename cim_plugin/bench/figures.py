@@ -8,7 +8,7 @@ Panel descriptions are plain dicts so that callers and tests can build them by h
 * curve panel: ``{"title": str, "lines": [{"label", "x", "mean", "std"}]}`` with x the number
   of classes seen after each phase and mean/std the top-1 accuracy (%) over seeds (std may hold
   NaN where one seed only).
-* memory panel: ``{"title": str, "bars": [{"label", "mean", "std"}]}`` with mean/std float
+* memory panel: ``{"title": str, "bars": [{"label", "mean", "std", "seeds"}]}`` ("seeds" optional) with mean/std float
   arrays (C,) of exemplars held per class after the last phase; optional "xlabel" (default
   "class (incremental id)") and "ticklabels" (C strings, shown when C <= 30).
 * time bar: ``{"label": str, "parts": {segment name: seconds}}``, one horizontal stacked bar each
@@ -307,7 +307,8 @@ def plot_memory(panels: List[Dict[str, Any]], path: Path, dpi: int = DPI) -> Pat
             ax.legend(frameon=False, loc="upper left", ncol=min(len(bars), 4))
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
-        fig.suptitle("Exemplars per class after the last phase (mean over seeds)", fontsize=12)
+        note = seeds_note([b.get("seeds") for p in panels for b in p["bars"]])
+        fig.suptitle(f"Exemplars per class after the last phase ({note})", fontsize=12)
         fig.tight_layout()
         fig.savefig(path, dpi=dpi)
         plt.close(fig)

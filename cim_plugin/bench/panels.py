@@ -112,7 +112,7 @@ def memory_panels(groups, order, datasets) -> List[Dict[str, Any]]:
         panel = panels.setdefault(stem, {"title": f"{first.get('learner')} ({stem})", "bars": [],
                                          "by_label": by_label, "config": first["config"]})
         panel["by_label"] = panel["by_label"] and by_label
-        panel["bars"].append({"label": variant, "mean": mean, "std": std})
+        panel["bars"].append({"label": variant, "mean": mean, "std": std, "seeds": len(per_seed)})
     out = []
     for panel in panels.values():
         width = max(len(b["mean"]) for b in panel["bars"])
