@@ -67,8 +67,13 @@ def test_reading_is_honest_about_no_gain_and_losses(gain, words):
     text = reading(_numbers(gain, (-1.0, 2.0), old_base=10.0, old_cim=8.0, iou=0.05))
     assert words in text and "a gain resolved from noise" not in text
     assert "-1.00 ± s.e. 2.00 pts in last top-1, no gain" in text
-    assert "-2.0 pts — CIM does not keep more of the old classes" in text
+    assert "-2.0 pts — CIM keeps fewer of the old classes" in text
     assert "do not find the objects better than chance" in text
+
+
+def test_reading_calls_a_small_old_class_difference_the_same():
+    text = reading(_numbers((1.0, 2.0), (1.0, 2.0), old_base=6.5, old_cim=6.9))
+    assert "+0.4 pts — about the same" in text and "keep more" not in text
 
 
 def test_reading_with_one_seed_says_so():

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["reading", "numbers_from_summary"]
+__all__ = ["reading", "numbers_from_summary", "OLD_CLASS_MARGIN"]
+
+OLD_CLASS_MARGIN = 2.0  # pts of old-class top-1 below which CIM and the baseline read as "about the same"
 
 
 def _gain_words(mean: float, se: float, what: str) -> str:
@@ -58,8 +60,9 @@ def reading(n: Dict[str, Any]) -> str:
         d = c["old_last"] - b["old_last"]
         parts.append(f"Old classes after the last phase: top-1 {b['old_last']:.1f} % (baseline) vs "
                      f"{c['old_last']:.1f} % (CIM), {d:+.1f} pts"
-                     + (" — CIM's extra exemplars keep more of the old classes." if d > 0 else
-                        " — CIM does not keep more of the old classes here." if d <= 0 else "."))
+                     + (" — CIM's extra exemplars keep more of the old classes." if d >= OLD_CLASS_MARGIN else
+                        " — CIM keeps fewer of the old classes here." if d <= -OLD_CLASS_MARGIN else
+                        f" — about the same (within {OLD_CLASS_MARGIN:.0f} pts; this column has no paired s.e.)."))
     iou = n.get("iou")
     if iou:
         beats = iou["iou"] > max(iou["random_iou"], iou["center_iou"])
