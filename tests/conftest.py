@@ -33,6 +33,13 @@ SLOW_MODULES = {
     "test_mask_growth", "test_official_behaviour", "test_old_class_look", "test_resume", "test_run_baseline",
     "test_shipped_configs", "test_summary",
 }
+# Single end-to-end tests in otherwise fast files.
+SLOW_TESTS = {
+    "test_icarl_with_jpeg_exemplars_stays_within_budget", "test_full_raw_holds_what_the_baseline_holds",
+    "test_codec_augment_prob_end_to_end_trains_on_jpeg_coded_new_images_from_phase_0",
+    "test_icarl_with_auto_quality_chooses_once_and_logs_the_scores",
+    "test_averaged_meta_steps_keep_phi_identical_on_two_gloo_processes",
+}
 
 
 def pytest_configure(config):
@@ -41,7 +48,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+        if (item.module is not None and item.module.__name__ in SLOW_MODULES) or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
 
 
